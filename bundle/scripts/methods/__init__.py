@@ -1,0 +1,3 @@
+from .base import SemiSupervisedMethod, StepOutput
+from .cmc import CMCMethod
+from .supervised import SupervisedMethod

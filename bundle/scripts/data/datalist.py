@@ -1,0 +1,439 @@
+"""
+Datalist loading for the bundle configs.
+
+A datalist is a JSON file with up to four case lists, ``training`` (labeled), ``unlabeled``,
+``validation`` and ``testing``, and optionally the top-level ``modalities`` (names, in channel
+order) and ``labels`` keys. Every case is normalised by :func:`load_datalist` to::
+
+    {"case": "<id>", "image": [<abs path per modality>] or "<abs multi-channel path>",
+     "label": "<abs path>" or [<abs path per modality>],   # only when the case has a label
+     ...}                                                     # any other key is kept
+
+so that the configs can load ``image``/``label`` with MONAI dictionary transforms whatever form
+the datalist was written in. :func:`resolve_datalist` is the entry point of the configs: it
+falls back to the embedded synthetic dataset when no dataset folder is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .synthetic import generate_synthetic_dataset
+
+__all__ = ["DATALIST_SPLITS", "DatalistError", "load_datalist", "resolve_datalist"]
+
+#: case lists of a datalist, in the order they are reported.
+DATALIST_SPLITS = ("training", "unlabeled", "validation", "testing")
+# splits whose cases must have a label; labels found in "unlabeled" are dropped
+_LABELED_SPLITS = ("training", "validation")
+_IMAGE_EXTENSIONS = re.compile(
+    r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.npy|\.npz|\.png|\.jpg|\.tif|\.tiff|\.dcm)$", re.IGNORECASE
+)
+
+
+class DatalistError(ValueError):
+    """
+    Invalid datalist. The message lists every problem found, one per line, each naming the split,
+    the case id, the offending key and, where there is one, the path.
+
+    Args:
+        problems: one description per problem.
+        datalist_file: the datalist the problems were found in, named in the first line.
+    """
+
+    def __init__(self, problems: Sequence[str], datalist_file: str | None = None) -> None:
+        self.problems = list(problems)
+        where = f" {datalist_file}" if datalist_file else ""
+        count = len(self.problems)
+        header = f"invalid datalist{where} ({count} problem{'s' if count != 1 else ''}):"
+        super().__init__("\n".join([header] + [f"  {p}" for p in self.problems]))
+
+
+def load_datalist(
+    datalist_file: str,
+    dataset_dir: str | None = None,
+    modalities: Sequence[str] | None = None,
+    labeled_fraction: float = 1.0,
+    split_seed: int = 0,
+    check_files: bool = True,
+) -> dict[str, list[dict]]:
+    """
+    Read, validate and normalise a datalist.
+
+    Accepted forms of the images of a case:
+
+    - one key per modality name, e.g. ``{"t1": "a_t1.nii.gz", "t2": "a_t2.nii.gz"}`` (what the
+      synthetic generator writes);
+    - ``"image": [path, ...]`` with one path per modality, in modality order;
+    - ``"image": "path"``: a single multi-channel file holding all modalities (kept as a string;
+      its channel count is not checked here).
+
+    Accepted forms of the label: ``"label": path`` (one label on the grid shared by all
+    modalities), or ``"label": {modality: path}`` / ``"label": [path, ...]`` (one label per
+    modality on that modality's grid, normalised to a list in modality order).
+
+    Cases of ``training`` and ``validation`` must have a label; ``testing`` cases may have one;
+    labels of ``unlabeled`` cases are dropped so they cannot leak into training. The case id is
+    ``case`` when given, otherwise derived from the first image file name (extension and a
+    trailing ``_<first modality>`` removed). Relative paths are resolved against ``dataset_dir``;
+    absolute paths are kept.
+
+    All problems are collected and reported together in one :class:`DatalistError`: a missing
+    modality key, a wrong number of images, a missing file (when ``check_files``), an empty
+    ``training`` list, a label dict missing a modality, a case id in two splits or twice in one
+    split, an image file used by cases of two splits.
+
+    Args:
+        datalist_file: path of the JSON datalist.
+        dataset_dir: folder that relative paths are resolved against; default: the folder of
+            ``datalist_file``.
+        modalities: modality names in channel order; default: the datalist's ``modalities`` key.
+        labeled_fraction: fraction in (0, 1] of the ``training`` cases that keep their label; the
+            others (chosen per case by a permutation seeded with ``split_seed``) are appended to
+            ``unlabeled`` without their label. ``max(1, round(fraction * n))`` cases stay labeled
+            (rounded half up). The selection does not depend on the order of the list, and for
+            one seed a smaller fraction keeps a subset of the cases a larger one keeps.
+        split_seed: seed of the labeled/unlabeled selection.
+        check_files: check that every referenced file exists.
+
+    Returns:
+        ``{"training": [...], "unlabeled": [...], "validation": [...], "testing": [...]}`` with
+        normalised cases (missing lists are empty).
+
+    Raises:
+        FileNotFoundError: ``datalist_file`` does not exist.
+        ValueError: ``labeled_fraction`` outside (0, 1].
+        DatalistError: the datalist is invalid (all problems in one message).
+    """
+    fraction = _check_fraction(labeled_fraction)
+    datalist_path = os.path.abspath(os.path.expanduser(os.fspath(datalist_file)))
+    if not os.path.isfile(datalist_path):
+        raise FileNotFoundError(f"datalist file not found: {datalist_path}")
+    try:
+        with open(datalist_path, encoding="utf-8") as f:
+            content = json.load(f)
+    except ValueError as e:
+        raise DatalistError([f"not valid JSON: {e}"], datalist_path) from e
+    if not isinstance(content, dict):
+        raise DatalistError([f"the top level must be a JSON object, got {type(content).__name__}"], datalist_path)
+
+    problems: list[str] = []
+    names = _modality_names(modalities, content, problems)
+    if names is None:
+        raise DatalistError(problems, datalist_path)
+    if dataset_dir:
+        base_dir = os.path.abspath(os.path.expanduser(os.fspath(dataset_dir)))
+    else:
+        base_dir = os.path.dirname(datalist_path)
+
+    result: dict[str, list[dict]] = {}
+    for split in DATALIST_SPLITS:
+        raw_cases = content.get(split, [])
+        if raw_cases is None:
+            raw_cases = []
+        if not isinstance(raw_cases, list):
+            problems.append(f"split '{split}': must be a list of cases, got {type(raw_cases).__name__}")
+            raw_cases = []
+        result[split] = [
+            _normalise_case(raw, split, position, names, base_dir, check_files, problems)
+            for position, raw in enumerate(raw_cases)
+        ]
+    if not content.get("training"):
+        problems.append("split 'training': no cases; at least one labeled training case is required")
+    _check_case_ids(result, problems)
+    _check_shared_images(result, problems)
+    if problems:
+        raise DatalistError(problems, datalist_path)
+
+    if fraction < 1.0:
+        _apply_labeled_fraction(result, fraction, split_seed)
+    return result
+
+
+def resolve_datalist(
+    dataset_dir: str | None,
+    datalist_file: str | None,
+    modalities: Sequence[str],
+    synthetic_dir: str,
+    spatial_dims: int = 2,
+    labeled_fraction: float = 1.0,
+    split_seed: int = 0,
+    synthetic: dict | None = None,
+) -> dict[str, list[dict]]:
+    """
+    Datalist of a run: the user's dataset when one is given, else the embedded synthetic dataset.
+
+    - ``dataset_dir`` and ``datalist_file`` both empty: the synthetic dataset is generated once in
+      ``synthetic_dir`` (see :func:`scripts.data.synthetic.generate_synthetic_dataset`) and loaded.
+    - ``dataset_dir`` given: ``datalist_file`` defaults to ``<dataset_dir>/datalist.json``; image
+      paths are resolved against ``dataset_dir``.
+    - only ``datalist_file`` given: image paths are resolved against the datalist's folder.
+
+    A relative ``datalist_file`` is relative to the current working directory.
+
+    Args:
+        dataset_dir: folder of a user dataset, or None (or "") for the synthetic dataset.
+        datalist_file: datalist of the user dataset, or None for the default.
+        modalities: modality names in channel order.
+        synthetic_dir: folder of the synthetic dataset; use one folder per set of parameters,
+            since a folder generated with other parameters is refused, not overwritten.
+        spatial_dims: 2 or 3, dimensionality of the synthetic dataset (ignored for user data).
+        labeled_fraction: fraction in (0, 1] of the training cases that keep their label.
+        split_seed: seed of the labeled/unlabeled selection.
+        synthetic: further keyword arguments of ``generate_synthetic_dataset`` (``image_size``,
+            ``num_training``, ``misalignment_mm``, ``seed``, ...).
+
+    Returns:
+        the normalised datalist, as :func:`load_datalist` returns it.
+    """
+    if not dataset_dir and not datalist_file:
+        options = dict(synthetic or {})
+        clashes = sorted(set(options) & {"output_dir", "spatial_dims", "modalities"})
+        if clashes:
+            raise ValueError(
+                f"synthetic options {clashes} are set by resolve_datalist's own arguments "
+                "(synthetic_dir, spatial_dims, modalities); remove them from `synthetic`."
+            )
+        datalist_path = generate_synthetic_dataset(
+            synthetic_dir, spatial_dims=spatial_dims, modalities=modalities, **options
+        )
+        return load_datalist(
+            datalist_path, modalities=modalities, labeled_fraction=labeled_fraction, split_seed=split_seed
+        )
+    if datalist_file:
+        datalist_path = os.path.abspath(os.path.expanduser(os.fspath(datalist_file)))
+    else:
+        datalist_path = os.path.join(os.path.abspath(os.path.expanduser(os.fspath(dataset_dir))), "datalist.json")
+    return load_datalist(
+        datalist_path,
+        dataset_dir=dataset_dir or None,
+        modalities=modalities,
+        labeled_fraction=labeled_fraction,
+        split_seed=split_seed,
+    )
+
+
+def _check_fraction(labeled_fraction: float) -> float:
+    """Return ``labeled_fraction`` as a float, raising ValueError unless it is in (0, 1]."""
+    try:
+        fraction = float(labeled_fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"labeled_fraction must be a number in (0, 1], got {labeled_fraction!r}.") from None
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction!r}.")
+    return fraction
+
+
+def _modality_names(
+    modalities: Sequence[str] | None, content: dict[str, Any], problems: list[str]
+) -> list[str] | None:
+    """Modality names from the argument or the datalist; None (with problems added) when unusable."""
+    source = "argument 'modalities'"
+    if modalities is None:
+        modalities = content.get("modalities")
+        source = "key 'modalities'"
+        if modalities is None:
+            problems.append("no modalities: pass `modalities` or add a top-level 'modalities' list to the datalist")
+            return None
+    if isinstance(modalities, (str, bytes)) or not isinstance(modalities, Sequence) or not modalities:
+        problems.append(f"{source}: must be a non-empty list of modality names, got {modalities!r}")
+        return None
+    names = list(modalities)
+    bad = [n for n in names if not isinstance(n, str) or not n or n in ("case", "image", "label")]
+    if bad:
+        problems.append(f"{source}: invalid modality names {bad!r}")
+    if len(set(map(str, names))) != len(names):
+        problems.append(f"{source}: duplicate modality names in {names!r}")
+    return None if bad or len(set(map(str, names))) != len(names) else names
+
+
+def _resolve_path(
+    value: Any, base_dir: str, check_files: bool, where: str, key: str, problems: list[str]
+) -> str | None:
+    """Absolute path of ``value`` (relative to ``base_dir``), or None with a problem added."""
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{where}: key '{key}': expected a file path, got {value!r}")
+        return None
+    path = os.path.expanduser(value)
+    if not os.path.isabs(path):
+        path = os.path.join(base_dir, path)
+    path = os.path.normpath(path)
+    if check_files and not os.path.exists(path):
+        problems.append(f"{where}: key '{key}': file not found: {path}")
+    return path
+
+
+def _derive_case_id(first_path: Any, first_modality: str, per_modality: bool) -> str | None:
+    """Case id from a file name: extension removed, and a trailing ``_<modality>`` when per modality."""
+    if not isinstance(first_path, str) or not first_path.strip():
+        return None
+    stem = _IMAGE_EXTENSIONS.sub("", os.path.basename(os.path.normpath(first_path)))
+    suffix = f"_{first_modality}"
+    if per_modality and stem.lower().endswith(suffix.lower()) and len(stem) > len(suffix):
+        stem = stem[: -len(suffix)]
+    return stem or None
+
+
+def _normalise_case(
+    raw: Any,
+    split: str,
+    position: int,
+    modalities: list[str],
+    base_dir: str,
+    check_files: bool,
+    problems: list[str],
+) -> dict[str, Any]:
+    """Normalise one case (see :func:`load_datalist`), appending its problems to ``problems``."""
+    if not isinstance(raw, dict):
+        problems.append(f"{split} case #{position}: expected a JSON object, got {type(raw).__name__}")
+        return {"case": f"#{position}"}
+    image = raw.get("image")
+    present = [m for m in modalities if m in raw]
+
+    # case id first, so that every message can name it
+    case_id = raw.get("case")
+    if case_id is not None and (not isinstance(case_id, str) or not case_id.strip()):
+        problems.append(f"{split} case #{position}: key 'case': expected a non-empty string, got {case_id!r}")
+        case_id = None
+    if case_id is None:
+        if image is not None:
+            first = image[0] if isinstance(image, list) and image else image
+            case_id = _derive_case_id(first, modalities[0], per_modality=isinstance(image, list))
+        elif present:
+            case_id = _derive_case_id(raw[present[0]], present[0], per_modality=True)
+    where = f"{split} case '{case_id}'" if case_id else f"{split} case #{position}"
+    case: dict[str, Any] = {"case": case_id if case_id else f"#{position}"}
+
+    expected = f"one per modality: {', '.join(modalities)}"
+    if image is not None:
+        if present:
+            problems.append(
+                f"{where}: key 'image': given together with per-modality keys {present}; use one form only"
+            )
+        if isinstance(image, str):
+            case["image"] = _resolve_path(image, base_dir, check_files, where, "image", problems)
+        elif isinstance(image, list):
+            if len(image) != len(modalities):
+                problems.append(
+                    f"{where}: key 'image': expected {len(modalities)} paths ({expected}), got {len(image)}"
+                )
+            case["image"] = [
+                _resolve_path(p, base_dir, check_files, where, f"image[{i}]", problems) for i, p in enumerate(image)
+            ]
+        else:
+            problems.append(f"{where}: key 'image': expected a path or a list of paths, got {type(image).__name__}")
+    elif present:
+        for m in modalities:
+            if m not in raw:
+                problems.append(f"{where}: key '{m}': missing ({expected})")
+        case["image"] = [
+            _resolve_path(raw[m], base_dir, check_files, where, m, problems) for m in modalities if m in raw
+        ]
+    else:
+        problems.append(f"{where}: key 'image': no images (give 'image' or one key per modality: {expected})")
+
+    label = raw.get("label")
+    if split == "unlabeled":
+        label = None
+    if label is None:
+        if split in _LABELED_SPLITS:
+            problems.append(f"{where}: key 'label': missing (every {split} case needs a label)")
+    elif isinstance(label, str):
+        case["label"] = _resolve_path(label, base_dir, check_files, where, "label", problems)
+    elif isinstance(label, dict):
+        for m in modalities:
+            if m not in label:
+                problems.append(f"{where}: key 'label': no label for modality '{m}' (a label dict needs {expected})")
+        unknown = sorted(set(label) - set(modalities))
+        if unknown:
+            problems.append(f"{where}: key 'label': unknown modalities {unknown} (expected {', '.join(modalities)})")
+        case["label"] = [
+            _resolve_path(label[m], base_dir, check_files, where, f"label[{m}]", problems)
+            for m in modalities
+            if m in label
+        ]
+    elif isinstance(label, list):
+        if len(label) != len(modalities):
+            problems.append(f"{where}: key 'label': expected {len(modalities)} paths ({expected}), got {len(label)}")
+        case["label"] = [
+            _resolve_path(p, base_dir, check_files, where, f"label[{i}]", problems) for i, p in enumerate(label)
+        ]
+    else:
+        problems.append(f"{where}: key 'label': expected a path or {{modality: path}}, got {type(label).__name__}")
+
+    consumed = {"case", "image", "label", *modalities}
+    case.update({k: v for k, v in raw.items() if k not in consumed})
+    return case
+
+
+def _check_case_ids(datalist: dict[str, list[dict]], problems: list[str]) -> None:
+    """Report case ids repeated within a split or shared by two splits (data leakage)."""
+    first_split: dict[str, str] = {}
+    for split in DATALIST_SPLITS:
+        seen: dict[str, int] = {}
+        for position, case in enumerate(datalist[split]):
+            case_id = case["case"]
+            if case_id.startswith("#"):
+                continue
+            if case_id in seen:
+                problems.append(
+                    f"{split} case '{case_id}': key 'case': duplicate case id "
+                    f"(positions {seen[case_id]} and {position})"
+                )
+                continue
+            seen[case_id] = position
+            if case_id in first_split:
+                problems.append(
+                    f"{split} case '{case_id}': key 'case': also in split '{first_split[case_id]}' (data leakage)"
+                )
+            else:
+                first_split[case_id] = split
+
+
+def _check_shared_images(datalist: dict[str, list[dict]], problems: list[str]) -> None:
+    """
+    Report image files used by cases of two different splits under different case ids (data
+    leakage that the case-id check cannot see); one line per pair of cases, naming the first file.
+    """
+    owner: dict[str, tuple[str, str]] = {}
+    reported: set[tuple[str, str, str, str]] = set()
+    for split in DATALIST_SPLITS:
+        for case in datalist[split]:
+            image = case.get("image")
+            paths = [image] if isinstance(image, str) else list(image or [])
+            for path in paths:
+                if path is None:
+                    continue
+                if path not in owner:
+                    owner[path] = (split, case["case"])
+                    continue
+                other_split, other_case = owner[path]
+                pair = (other_split, other_case, split, case["case"])
+                if other_split == split or other_case == case["case"] or pair in reported:
+                    continue
+                reported.add(pair)
+                problems.append(
+                    f"{split} case '{case['case']}': key 'image': file also used by {other_split} case "
+                    f"'{other_case}' (data leakage): {path}"
+                )
+
+
+def _apply_labeled_fraction(datalist: dict[str, list[dict]], fraction: float, split_seed: int) -> None:
+    """Keep ``max(1, round(fraction * n))`` training cases labeled; move the others to ``unlabeled``."""
+    training = datalist["training"]
+    count = len(training)
+    keep_count = min(count, max(1, math.floor(fraction * count + 0.5)))
+    # permute the sorted ids, so the selection depends on the cases and the seed, not the list order
+    ids = sorted(case["case"] for case in training)
+    order = np.random.default_rng(int(split_seed)).permutation(count)
+    kept = {ids[i] for i in order[:keep_count]}
+    datalist["training"] = [case for case in training if case["case"] in kept]
+    moved = [{k: v for k, v in case.items() if k != "label"} for case in training if case["case"] not in kept]
+    datalist["unlabeled"] = datalist["unlabeled"] + moved

@@ -1,0 +1,171 @@
+# Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
+"""One semi-supervised trainer for every method of the bundle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+from torch.utils.data import DataLoader, DistributedSampler
+
+from scripts.methods.base import SemiSupervisedMethod
+
+__all__ = ["SemiSupervisedTrainer", "NonFiniteLossError", "loss_terms"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a loss term becomes NaN or infinite; the message names the term and iteration."""
+
+
+def loss_terms(output: Any) -> dict[str, float]:
+    """Output transform for ``StatsHandler`` / ``TensorBoardStatsHandler``: every logged term.
+
+    Returns the total ``loss`` and every ``loss_*`` and ``weight_*`` entry of the iteration output.
+    """
+    if isinstance(output, list):  # decollated output: the terms are repeated in every item
+        output = output[0]
+    return {k: float(v) for k, v in output.items() if k == Keys.LOSS or k.startswith(("loss_", "weight_"))}
+
+
+class SemiSupervisedTrainer(SupervisedTrainer):
+    """A MONAI ``SupervisedTrainer`` whose iteration takes one labeled and one unlabeled batch.
+
+    The epoch is driven by the labeled loader (``train_data_loader``). Each iteration also draws the
+    next batch of ``unlabeled_data_loader``, cycling through it indefinitely (reshuffling, and calling
+    ``set_epoch`` on a ``DistributedSampler``, at each new pass). What the iteration computes is
+    delegated to ``method`` (:class:`scripts.methods.base.SemiSupervisedMethod`); the trainer does the
+    rest: device transfer, mixed precision, backward, optimizer step, the events MONAI handlers rely
+    on, and a check that every loss term is finite.
+
+    With no unlabeled loader (or an empty one) every method receives ``unlabeled=None`` and trains on
+    its supervised terms only, which is how MONAI Label trains a bundle.
+
+    The iteration output holds ``image``, ``label``, ``pred`` (labeled logits), ``loss`` and every
+    term the method reports (``loss_*``, ``weight_*``); :func:`loss_terms` selects them for logging.
+
+    Args:
+        device, max_epochs, train_data_loader, network, optimizer, epoch_length, ...: as
+            ``SupervisedTrainer``; remaining keyword arguments are passed on to it.
+        method: the training strategy.
+        unlabeled_data_loader: loader of unlabeled cases (dicts with ``image``), or ``None``.
+        unlabeled_key: the image key of unlabeled batches.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        method: SemiSupervisedMethod,
+        unlabeled_data_loader: Iterable | DataLoader | None = None,
+        unlabeled_key: str = Keys.IMAGE,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(method, SemiSupervisedMethod):
+            raise TypeError(f"method must be a SemiSupervisedMethod, got {type(method).__name__}.")
+        kwargs.setdefault("decollate", False)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=method,
+            **kwargs,
+        )
+        self.method = method.to(device)
+        self.method.setup(network)
+        self.unlabeled_data_loader = unlabeled_data_loader
+        self.unlabeled_key = unlabeled_key
+        self._unlabeled_iter: Iterator | None = None
+        self._unlabeled_pass = 0
+
+    def _has_unlabeled(self) -> bool:
+        loader = self.unlabeled_data_loader
+        if loader is None or not self.method.uses_unlabeled:
+            return False
+        try:
+            return len(loader) > 0  # type: ignore[arg-type]
+        except TypeError:  # iterable without length
+            return True
+
+    def next_unlabeled(self) -> torch.Tensor | None:
+        """The next unlabeled image batch on the trainer's device, or ``None`` without unlabeled data."""
+        if not self._has_unlabeled():
+            return None
+        for _ in range(2):
+            if self._unlabeled_iter is None:
+                sampler = getattr(self.unlabeled_data_loader, "sampler", None)
+                if isinstance(sampler, DistributedSampler):
+                    sampler.set_epoch(self._unlabeled_pass)
+                self._unlabeled_pass += 1
+                self._unlabeled_iter = iter(self.unlabeled_data_loader)  # type: ignore[arg-type]
+            try:
+                batch = next(self._unlabeled_iter)
+                break
+            except StopIteration:
+                self._unlabeled_iter = None
+        else:
+            return None
+        image = batch[self.unlabeled_key] if isinstance(batch, dict) else batch
+        return image.to(device=self.state.device, non_blocking=self.non_blocking)
+
+    def _iteration(self, engine: SemiSupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        image, label = batch[0], batch[1]
+        unlabeled = engine.next_unlabeled()
+        epoch = (engine.state.iteration - 1) / max(engine.state.epoch_length or 1, 1)
+        engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
+
+        engine.network.train()
+        engine.method.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        use_scaler = engine.amp and engine.scaler is not None
+        if use_scaler:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                result = engine.method.step(engine.network, image, label, unlabeled, epoch)
+        else:
+            result = engine.method.step(engine.network, image, label, unlabeled, epoch)
+        engine.state.output[Keys.PRED] = result.pred
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine._check_finite(result.loss, result.terms)
+        engine.state.output[Keys.LOSS] = result.loss
+        for name, value in result.terms.items():
+            engine.state.output[name] = value.detach() if isinstance(value, torch.Tensor) else value
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        if use_scaler:
+            engine.scaler.scale(result.loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            result.loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.method.after_optimizer_step(engine.network, epoch)
+        engine.state.output[Keys.LOSS] = result.loss.detach()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def _check_finite(self, loss: torch.Tensor, terms: dict) -> None:
+        if bool(torch.isfinite(loss.detach()).all()):
+            return
+        bad = [
+            name
+            for name, value in terms.items()
+            if not bool(torch.isfinite(torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value)).all())
+        ]
+        named = ", ".join(bad) if bad else "the total loss"
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {self.state.iteration} (epoch {self.state.epoch}): {named}. "
+            "Training stopped; the last saved checkpoint is left untouched."
+        )

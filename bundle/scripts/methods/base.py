@@ -1,0 +1,77 @@
+# Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
+"""The contract between :class:`scripts.engine.SemiSupervisedTrainer` and a training method.
+
+A method is a small strategy: given the network, one labeled batch and (optionally) one unlabeled
+batch, it says what one iteration computes. The trainer owns everything else (device transfer,
+optimisation, mixed precision, events, logging, checkpoints), so adding a method means writing one
+subclass of :class:`SemiSupervisedMethod` plus one override config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import torch
+from torch import nn
+
+__all__ = ["StepOutput", "SemiSupervisedMethod"]
+
+
+@dataclass
+class StepOutput:
+    """What a method returns for one iteration.
+
+    Attributes:
+        loss: the scalar to back-propagate.
+        terms: named scalar terms for logging (each loss term and its current weight). They are
+            detached by the trainer before logging.
+        pred: logits of the labeled batch, (B, K, *spatial), used by training metrics and handlers.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    pred: torch.Tensor | None = None
+
+
+class SemiSupervisedMethod(nn.Module):
+    """Base class of the training strategies.
+
+    Subclasses implement :meth:`step`. A method is an ``nn.Module`` so that any state it owns (an
+    EMA teacher, a PReL teacher, stage counters kept as buffers) travels with ``state_dict`` and is
+    saved and restored by MONAI's checkpoint handlers together with the network and the optimizer.
+
+    Class attributes:
+        uses_unlabeled: ``False`` for methods that ignore unlabeled data; the trainer then does not
+            load unlabeled batches at all.
+    """
+
+    uses_unlabeled: bool = True
+
+    def setup(self, network: nn.Module) -> None:
+        """Called once by the trainer before the first iteration (create teachers here)."""
+
+    def step(
+        self,
+        network: nn.Module,
+        image: torch.Tensor,
+        label: torch.Tensor,
+        unlabeled: torch.Tensor | None,
+        epoch: float,
+    ) -> StepOutput:
+        """Compute the losses of one iteration.
+
+        Args:
+            network: the trained network, in train mode.
+            image: labeled images, (B, M, *spatial) with one channel per modality.
+            label: labels, (B, 1, *spatial) on the common grid, or (B, M, *spatial) with one label
+                per modality (misaligned or unpaired data).
+            unlabeled: unlabeled images (B', M, *spatial), or ``None`` when there are none (then the
+                method must fall back to its supervised terms).
+            epoch: fractional epoch, ``(iteration - 1) / epoch_length``; loss-weight schedules use it.
+        """
+        raise NotImplementedError
+
+    def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:
+        """Called after every optimizer step (update EMA teachers here)."""
+
+    def extra_repr(self) -> str:
+        return f"uses_unlabeled={self.uses_unlabeled}"

@@ -1,0 +1,115 @@
+"""
+Schedules for loss weights, called with the current (possibly fractional) epoch.
+
+The sigmoid ramp-up ``exp(-5 (1 - t)^2)`` is the one of:
+
+    Laine, S. and Aila, T. "Temporal Ensembling for Semi-Supervised Learning." ICLR 2017.
+    Tarvainen, A. and Valpola, H. "Mean teachers are better role models: Weight-averaged consistent targets improve
+    semi-supervised deep learning results." NeurIPS 2017.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["SigmoidRampUp", "LinearRampUp", "ConstantWeight"]
+
+
+class _WeightSchedule:
+    """
+    Common argument handling of the schedules below.
+
+    Args:
+        weight: the final (maximum) weight; must be finite and non-negative.
+        length: number of epochs over which the weight ramps up after ``start``; must be finite and non-negative.
+            ``0`` means the full weight from ``start`` on.
+        start: the epoch at which the schedule begins; the weight is 0 for ``epoch < start``. Must be finite and
+            non-negative.
+
+    Raises:
+        ValueError: when an argument is negative or not finite.
+    """
+
+    def __init__(self, weight: float, length: float, start: float = 0.0) -> None:
+        for name, value in (("weight", weight), ("length", length), ("start", start)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite non-negative number, got {value}.")
+        self.weight = float(weight)
+        self.length = float(length)
+        self.start = float(start)
+
+    def progress(self, epoch: float) -> float:
+        """The ramp-up progress ``t = clip((epoch - start) / length, 0, 1)``; 1 after ``start`` when length is 0."""
+        if self.length == 0:
+            return 1.0 if epoch >= self.start else 0.0
+        return min(max((epoch - self.start) / self.length, 0.0), 1.0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weight={self.weight}, length={self.length}, start={self.start})"
+
+
+class SigmoidRampUp(_WeightSchedule):
+    """
+    Sigmoid-shaped ramp-up ``weight * exp(-5 (1 - t)^2)`` with ``t = clip((epoch - start) / length, 0, 1)``;
+    0 before ``start``, ``weight * exp(-5)`` at ``start`` and ``weight`` from ``start + length`` on
+    (Laine & Aila, ICLR 2017; Tarvainen & Valpola, NeurIPS 2017).
+
+    Args:
+        weight: the final weight; must be finite and non-negative.
+        length: ramp-up duration in epochs; must be non-negative, ``0`` gives the full weight from ``start`` on.
+            Defaults to 40.
+        start: epoch before which the weight is 0. Defaults to 0.
+
+    Example::
+
+        schedule = SigmoidRampUp(weight=0.1, length=40)
+        w = schedule(epoch + iteration / iterations_per_epoch)
+    """
+
+    def __init__(self, weight: float, length: float = 40.0, start: float = 0.0) -> None:
+        super().__init__(weight, length, start)
+
+    def __call__(self, epoch: float) -> float:
+        if epoch < self.start:
+            return 0.0
+        t = self.progress(epoch)
+        return self.weight * math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+class LinearRampUp(_WeightSchedule):
+    """
+    Linear ramp-up ``weight * t`` with ``t = clip((epoch - start) / length, 0, 1)``; 0 up to ``start`` and
+    ``weight`` from ``start + length`` on.
+
+    Args:
+        weight: the final weight; must be finite and non-negative.
+        length: ramp-up duration in epochs; must be non-negative, ``0`` gives the full weight from ``start`` on.
+            Defaults to 40.
+        start: epoch before which the weight is 0. Defaults to 0.
+    """
+
+    def __init__(self, weight: float, length: float = 40.0, start: float = 0.0) -> None:
+        super().__init__(weight, length, start)
+
+    def __call__(self, epoch: float) -> float:
+        if epoch < self.start:
+            return 0.0
+        return self.weight * self.progress(epoch)
+
+
+class ConstantWeight(_WeightSchedule):
+    """
+    Constant weight: 0 before ``start`` and ``weight`` from ``start`` on.
+
+    Args:
+        weight: the weight; must be finite and non-negative.
+        length: accepted (and validated) only so that all schedules share one signature; it has no effect.
+            Defaults to 0.
+        start: epoch before which the weight is 0. Defaults to 0.
+    """
+
+    def __init__(self, weight: float, length: float = 0.0, start: float = 0.0) -> None:
+        super().__init__(weight, length, start)
+
+    def __call__(self, epoch: float) -> float:
+        return self.weight if epoch >= self.start else 0.0
