@@ -18,22 +18,31 @@ Anatomy
     3       cavity      an ellipse inside the ring, like a ventricle cavity
     ======  ==========  =================================================================
 
+Anatomy
+    Three nested ellipses (2D) or ellipsoids (3D) of random size, position, aspect and
+    orientation, all bent by one smooth random deformation per case (a few low-frequency sine
+    displacement components of up to ``_DEFORMATION_MM``), so boundaries are irregular rather than
+    conic. Two to three "distractor" structures (other organs) lie beside them: they are
+    background in the label, but every modality paints them with its own random intensity drawn
+    from the foreground range, so a single modality can mistake them for a labeled class.
+
 Image formation
     Each modality paints the label map with its own mean intensity per class (the contrast
-    table below), blurs it slightly (partial-volume effect, Gaussian sigma 0.5 voxel), multiplies
-    it by its own smooth random bias field (``exp`` of a random polynomial of degree <= 2 in the
-    normalised coordinates, with a peak log-amplitude between half and all of the modality's bias
-    strength) and adds its own Gaussian noise.
+    table below) and the distractors with their per-case intensity, modulates every tissue by a
+    smooth random texture (+-``_TEXTURE`` relative), blurs it slightly (partial-volume effect,
+    Gaussian sigma 0.5 voxel), multiplies it by its own smooth random bias field (``exp`` of a
+    random polynomial of degree <= 2 in the normalised coordinates, with a peak log-amplitude
+    between half and all of the modality's bias strength) and adds its own Gaussian noise.
 
 Contrast table (mean intensity per class; modality ``i`` of the requested list uses row ``i``)
 
     =====  ==========  =====  =====  ======  ===========  ==========  =============
     row    background  outer  wall   cavity  noise std    bias        ambiguous pair
     =====  ==========  =====  =====  ======  ===========  ==========  =============
-    0      0.05        0.45   0.80   0.80    0.03         0.10        wall / cavity
-    1      0.10        0.65   0.30   0.65    0.05         0.15        outer / cavity
-    2      0.05        0.35   0.35   0.90    0.07         0.20        outer / wall
-    3      0.12        0.70   0.70   0.30    0.04         0.12        outer / wall
+    0      0.05        0.45   0.80   0.80    0.12         0.30        wall / cavity
+    1      0.10        0.65   0.30   0.65    0.15         0.35        outer / cavity
+    2      0.05        0.35   0.35   0.90    0.18         0.40        outer / wall
+    3      0.12        0.70   0.70   0.30    0.14         0.30        outer / wall
     =====  ==========  =====  =====  ======  ===========  ==========  =============
 
     In every row one pair of foreground classes has exactly the same mean intensity, so no
@@ -43,7 +52,7 @@ Contrast table (mean intensity per class; modality ``i`` of the requested list u
     of the dataset ``seed``): row ``i`` makes the pair ``(wall, cavity)``, ``(outer, cavity)``
     or ``(outer, wall)`` (for ``i % 3 == 0, 1, 2``) share a level in [0.35, 0.8], puts the third
     foreground class at least 0.3 away from it (in [0.25, 1.0]), the background in [0, 0.12],
-    the noise std in [0.03, 0.08] and the bias strength in [0.08, 0.2]. Rows 0-2 always exist
+    the noise std in [0.10, 0.20] and the bias strength in [0.25, 0.40]. Rows 0-2 always exist
     in that case and each separates the pairs ambiguous elsewhere.
 
 Misalignment
@@ -93,7 +102,7 @@ SYNTHETIC_LABELS: dict[str, int] = {"background": 0, "outer": 1, "wall": 2, "cav
 
 DATALIST_NAME = "datalist.json"
 MANIFEST_NAME = "synthetic.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SPLITS = ("training", "unlabeled", "validation", "testing")
 DEFAULT_IMAGE_SIZE = {2: 64, 3: 40}
 # case entries in datalist.json use these keys besides one key per modality
@@ -103,6 +112,14 @@ _MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _CONTRAST_SEED = 7919
 _PARTIAL_VOLUME_SIGMA = 0.5
 _MAX_MISALIGNMENT_DEG = 3.0
+# peak displacement (mm, per 64 voxels of image size) of the smooth per-case shape deformation
+_DEFORMATION_MM = 3.0
+# number of distractor structures per case, and their intensity range in every modality
+_DISTRACTORS = (2, 3)
+_DISTRACTOR_INTENSITY = (0.25, 0.9)
+# relative amplitude and smoothness (voxels) of the tissue texture
+_TEXTURE = 0.12
+_TEXTURE_SIGMA = 2.0
 # foreground class pairs (label values) made ambiguous by seeded rows, chosen by row index % 3
 _SEEDED_PAIRS = ((2, 3), (1, 3), (1, 2))
 # sampling ranges of the anatomy: outer semi-axis (fraction of the image size), aspect ratios of the
@@ -148,10 +165,10 @@ class SyntheticContrast:
 
 
 _FIXED_CONTRASTS: tuple[SyntheticContrast, ...] = (
-    SyntheticContrast((0.05, 0.45, 0.80, 0.80), 0.03, 0.10, (2, 3)),
-    SyntheticContrast((0.10, 0.65, 0.30, 0.65), 0.05, 0.15, (1, 3)),
-    SyntheticContrast((0.05, 0.35, 0.35, 0.90), 0.07, 0.20, (1, 2)),
-    SyntheticContrast((0.12, 0.70, 0.70, 0.30), 0.04, 0.12, (1, 2)),
+    SyntheticContrast((0.05, 0.45, 0.80, 0.80), 0.12, 0.30, (2, 3)),
+    SyntheticContrast((0.10, 0.65, 0.30, 0.65), 0.15, 0.35, (1, 3)),
+    SyntheticContrast((0.05, 0.35, 0.35, 0.90), 0.18, 0.40, (1, 2)),
+    SyntheticContrast((0.12, 0.70, 0.70, 0.30), 0.14, 0.30, (1, 2)),
 )
 
 
@@ -181,8 +198,8 @@ def synthetic_contrast(index: int) -> SyntheticContrast:
     means[other] = third
     return SyntheticContrast(
         class_means=(round(means[0], 4), round(means[1], 4), round(means[2], 4), round(means[3], 4)),
-        noise_std=round(float(rng.uniform(0.03, 0.08)), 4),
-        bias_strength=round(float(rng.uniform(0.08, 0.2)), 4),
+        noise_std=round(float(rng.uniform(0.10, 0.20)), 4),
+        bias_strength=round(float(rng.uniform(0.25, 0.40)), 4),
         ambiguous_pair=pair,
     )
 
@@ -440,8 +457,30 @@ def _small_rotation(rng: np.random.Generator, dims: int, max_degrees: float) -> 
     return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
 
 
-def _sample_anatomy(rng: np.random.Generator, dims: int, size: int) -> tuple[_Ellipsoid, _Ellipsoid, _Ellipsoid]:
-    """Random outer, wall and cavity ellipsoids (mm, relative to the image centre) of one case."""
+@dataclass(frozen=True)
+class _Anatomy:
+    """One case: nested outer / wall / cavity ellipsoids, unlabeled distractors, a smooth deformation."""
+
+    outer: _Ellipsoid
+    wall: _Ellipsoid
+    cavity: _Ellipsoid
+    distractors: tuple[_Ellipsoid, ...]
+    # deformation: displacement_i(p) = sum_k amplitude[k, i] * sin(frequency[k] . p + phase[k])
+    frequency: np.ndarray
+    phase: np.ndarray
+    amplitude: np.ndarray
+
+    def deform(self, points: np.ndarray) -> np.ndarray:
+        """Anatomy points (shape ``(dims, *grid)``) bent by the case's smooth deformation."""
+        out = points.copy()
+        for freq, phase, amp in zip(self.frequency, self.phase, self.amplitude):
+            wave = np.sin(np.einsum("i,i...->...", freq, points) + phase)
+            out += amp.reshape((-1,) + (1,) * (points.ndim - 1)) * wave
+        return out
+
+
+def _sample_anatomy(rng: np.random.Generator, dims: int, size: int) -> _Anatomy:
+    """Random anatomy of one case (mm, relative to the image centre)."""
     shape = _SHAPE_RANGES[dims]
     outer_axes = (
         size
@@ -458,20 +497,44 @@ def _sample_anatomy(rng: np.random.Generator, dims: int, size: int) -> tuple[_El
     # same orientation as the wall so that the ring keeps a thickness all around
     cavity_axes = wall_axes * rng.uniform(*shape["cavity"]) * rng.uniform(0.9, 1.0, dims)
     cavity = _Ellipsoid(wall.center + rng.uniform(-0.01, 0.01, dims) * size, cavity_axes, wall.rotation)
-    return outer, wall, cavity
+    # distractors: small blobs around the outer structure, touching it at most
+    distractors = []
+    for _ in range(int(rng.integers(_DISTRACTORS[0], _DISTRACTORS[1] + 1))):
+        direction = rng.normal(size=dims)
+        direction /= np.linalg.norm(direction)
+        axes = size * rng.uniform(0.06, 0.12, dims)
+        distance = outer_axes.max() + axes.max() * rng.uniform(0.6, 1.2)
+        center = outer_center + direction * min(distance, 0.5 * size - axes.max())
+        distractors.append(_Ellipsoid(center, axes, _random_rotation(rng, dims)))
+    # smooth deformation: 3 sine components with wavelengths of 0.5-1.5 image sizes
+    n_waves = 3
+    frequency = rng.normal(size=(n_waves, dims))
+    frequency *= (2.0 * np.pi / (size * rng.uniform(0.5, 1.5, n_waves)) / np.linalg.norm(frequency, axis=1))[:, None]
+    phase = rng.uniform(0.0, 2.0 * np.pi, n_waves)
+    amplitude = rng.normal(size=(n_waves, dims)) * (_DEFORMATION_MM * size / 64.0 / np.sqrt(n_waves))
+    return _Anatomy(outer, wall, cavity, tuple(distractors), frequency, phase, amplitude)
 
 
-def _render_label(anatomy: tuple[_Ellipsoid, _Ellipsoid, _Ellipsoid], points: np.ndarray) -> np.ndarray:
+def _render_label(anatomy: _Anatomy, points: np.ndarray) -> np.ndarray:
     """Label map of ``anatomy`` sampled at ``points`` (shape ``(dims, *grid)``); nesting is enforced."""
-    outer, wall, cavity = anatomy
-    in_outer = outer.contains(points)
-    in_wall = wall.contains(points) & in_outer
-    in_cavity = cavity.contains(points) & in_wall
+    points = anatomy.deform(points)
+    in_outer = anatomy.outer.contains(points)
+    in_wall = anatomy.wall.contains(points) & in_outer
+    in_cavity = anatomy.cavity.contains(points) & in_wall
     label = np.zeros(points.shape[1:], dtype=np.uint8)
     label[in_outer] = SYNTHETIC_LABELS["outer"]
     label[in_wall] = SYNTHETIC_LABELS["wall"]
     label[in_cavity] = SYNTHETIC_LABELS["cavity"]
     return label
+
+
+def _render_distractors(anatomy: _Anatomy, points: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Index map of the distractors (0 none, k the k-th distractor) in the background of ``label``."""
+    points = anatomy.deform(points)
+    index = np.zeros(points.shape[1:], dtype=np.int64)
+    for k, blob in enumerate(anatomy.distractors, start=1):
+        index[blob.contains(points) & (label == 0)] = k
+    return index
 
 
 def _grid(dims: int, size: int) -> np.ndarray:
@@ -503,10 +566,22 @@ def _bias_field(rng: np.random.Generator, grid: np.ndarray, strength: float) -> 
 
 
 def _render_image(
-    rng: np.random.Generator, label: np.ndarray, grid: np.ndarray, contrast: SyntheticContrast
+    rng: np.random.Generator,
+    label: np.ndarray,
+    distractors: np.ndarray,
+    grid: np.ndarray,
+    contrast: SyntheticContrast,
 ) -> np.ndarray:
-    """Paint ``label`` with ``contrast``: class means, partial-volume blur, bias field, noise."""
+    """Paint ``label`` (and the distractor index map) with ``contrast``: class means, texture,
+    partial-volume blur, bias field, noise."""
     image = np.asarray(contrast.class_means, dtype=np.float64)[label]
+    n_distractors = int(distractors.max())
+    if n_distractors:
+        levels = np.concatenate([[0.0], rng.uniform(*_DISTRACTOR_INTENSITY, size=n_distractors)])
+        image = np.where(distractors > 0, levels[distractors], image)
+    texture = ndimage.gaussian_filter(rng.normal(size=label.shape), sigma=_TEXTURE_SIGMA)
+    texture *= _TEXTURE / max(float(np.abs(texture).max()), 1e-6)
+    image *= 1.0 + texture
     image = ndimage.gaussian_filter(image, sigma=_PARTIAL_VOLUME_SIGMA, mode="nearest")
     image *= _bias_field(rng, grid, contrast.bias_strength)
     image += rng.normal(0.0, contrast.noise_std, size=image.shape)
@@ -577,7 +652,10 @@ def _write_dataset(root: str, params: dict[str, Any]) -> None:
                 if misalignment > 0 and m > 0:
                     points = _misalign(grid, np.random.default_rng([seed, case_index, 2, m]), misalignment)
                 labels[name] = _render_label(anatomy, points)
-                image = _render_image(np.random.default_rng([seed, case_index, 1, m]), labels[name], grid, contrast)
+                distractors = _render_distractors(anatomy, points, labels[name])
+                image = _render_image(
+                    np.random.default_rng([seed, case_index, 1, m]), labels[name], distractors, grid, contrast
+                )
                 rel = f"{split}/{case_id}_{name}.nii.gz"
                 _save_nifti(os.path.join(root, rel), image, affine)
                 entry[name] = rel
