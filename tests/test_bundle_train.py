@@ -54,3 +54,29 @@ def test_shipped_configs_have_model_zoo_ids():
     for key in ("bundle_root", "device", "dataset_dir", "network_def", "network", "train#trainer",
                 "train#dataset", "validate#evaluator", "val_interval"):
         assert key in parser, key
+
+
+def test_train_semicml_runs_both_stages(tmp_path):
+    # epochs = mutual_epochs + prel_epochs in semicml.yaml; --epochs of tiny_train_args overrides it, so pass 2
+    args = tiny_train_args(tmp_path, "train.yaml", "semicml.yaml", epochs=2)
+    args += ["--mutual_epochs", "1", "--prel_epochs", "1"]
+    proc = run_bundle(args)
+    _check_outputs(tmp_path)
+    log = proc.stdout + proc.stderr
+    for term in ("loss_sup", "loss_asc", "loss_mse", "loss_prel"):  # mutual stage, then PReL
+        assert term in log, f"{term} not logged"
+    assert "per-modality validation Dice" in log
+    assert "PReL teacher" in log
+    state = torch.load(next((tmp_path / "out").glob("training_state*.pt")), map_location="cpu", weights_only=True)
+    extra = state["method"]["_extra_state"]
+    assert extra["stage"] == "prel" and 0 <= extra["teacher_modality"] < 3
+    assert any(k.startswith("teacher.") for k in state["method"])
+
+
+def test_train_mean_teacher_override(tmp_path):
+    proc = run_bundle(tiny_train_args(tmp_path, "train.yaml", "mean_teacher.yaml"))
+    _check_outputs(tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "loss_consistency" in log
+    state = torch.load(next((tmp_path / "out").glob("training_state*.pt")), map_location="cpu", weights_only=True)
+    assert int(state["method"]["ema_updates"]) == 2

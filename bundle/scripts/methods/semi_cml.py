@@ -1,0 +1,402 @@
+# Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
+"""Semi-CML: contrastive mutual learning, then pseudo-label re-learning (PReL).
+
+Zhang et al., "Multi-modal contrastive mutual learning and pseudo-label re-learning for
+semi-supervised medical image segmentation", Medical Image Analysis 83 (2023) 102656.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import SemiSupervisedMethod, StepOutput
+
+__all__ = ["SemiCMLMethod", "average_state_dicts", "strongest_modality", "stochastic_pseudo_labels"]
+
+logger = logging.getLogger(__name__)
+
+MUTUAL = "mutual"
+PREL = "prel"
+
+
+def average_state_dicts(state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of several state dicts of the same architecture (weight averaging).
+
+    Floating-point entries are averaged (in float64, then cast back to their dtype); other entries
+    (e.g. BatchNorm's integer ``num_batches_tracked``) are copied from the first state dict.
+
+    Args:
+        state_dicts: ``K >= 1`` state dicts with the same keys and shapes.
+
+    Returns:
+        a new state dict (tensors on the device of the first state dict's tensors).
+
+    Raises:
+        ValueError: when the list is empty or the keys or shapes differ.
+    """
+    if len(state_dicts) == 0:
+        raise ValueError("average_state_dicts needs at least one state dict.")
+    keys = list(state_dicts[0].keys())
+    for sd in state_dicts[1:]:
+        if list(sd.keys()) != keys:
+            raise ValueError("all state dicts must have the same keys.")
+    averaged: dict[str, torch.Tensor] = {}
+    for key in keys:
+        first = state_dicts[0][key]
+        values = [sd[key] for sd in state_dicts]
+        if any(v.shape != first.shape for v in values):
+            raise ValueError(f"entry {key!r} has different shapes across the state dicts.")
+        if torch.is_floating_point(first):
+            stacked = torch.stack([v.detach().to(device=first.device, dtype=torch.float64) for v in values])
+            averaged[key] = stacked.mean(dim=0).to(first.dtype)
+        else:
+            averaged[key] = first.detach().clone()
+    return averaged
+
+
+def strongest_modality(scores: Sequence[float]) -> int:
+    """Index of the modality with the highest validation score (e.g. Dice).
+
+    Ties go to the lowest index; NaN scores (no valid measurement) never win unless every score is
+    NaN, in which case modality 0 is returned.
+
+    Example::
+
+        strongest_modality([0.6, 0.8, 0.7])  # 1
+    """
+    if len(scores) == 0:
+        raise ValueError("strongest_modality needs at least one score.")
+    best, best_score = 0, -math.inf
+    for m, score in enumerate(scores):
+        score = float(score)
+        if not math.isnan(score) and score > best_score:
+            best, best_score = m, score
+    return best
+
+
+@torch.no_grad()
+def stochastic_pseudo_labels(
+    teacher: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, passes: int, noise_std: float
+) -> torch.Tensor:
+    """Soft pseudo-labels of PReL: the mean class probabilities of ``passes`` stochastic teacher passes.
+
+    Pass ``t`` computes ``softmax(teacher(image + noise_t))`` with ``noise_t ~ N(0, noise_std^2)``
+    drawn independently per voxel; the teacher's own stochasticity (dropout left on by the caller)
+    adds to it. Computed without gradients.
+
+    Args:
+        teacher: a segmentation network, ``(B, C, *spatial) -> (B, K, *spatial)`` logits.
+        image: the teacher's input, ``(B, C, *spatial)``.
+        passes: number of passes ``T >= 1``.
+        noise_std: standard deviation of the Gaussian input noise, ``>= 0`` (0: no noise).
+
+    Returns:
+        float32 probabilities ``(B, K, *spatial)``: in [0, 1] and summing to 1 over ``K``.
+    """
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}.")
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+    total: torch.Tensor | None = None
+    for _ in range(passes):
+        noisy = image + noise_std * torch.randn_like(image) if noise_std > 0 else image
+        probabilities = torch.softmax(teacher(noisy).float(), dim=1)
+        total = probabilities if total is None else total + probabilities
+    assert total is not None
+    return total / passes
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    """The module inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper, else the network."""
+    return network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
+
+
+
+def _has_dropout(module: nn.Module) -> bool:
+    """Whether the module contains a dropout layer with a positive probability."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+
+
+class SemiCMLMethod(SemiSupervisedMethod):
+    """Semi-CML: multi-modal contrastive mutual learning, then pseudo-label re-learning (PReL).
+
+    Zhang et al., "Multi-modal contrastive mutual learning and pseudo-label re-learning for
+    semi-supervised medical image segmentation", Medical Image Analysis 83 (2023) 102656.
+
+    The network has one independent network per modality (``DecoupledMultiModalNet``). With
+    ``p_m = softmax(logits_m)`` of modality ``m`` on the unlabeled batch:
+
+    - **mutual** stage, fractional epochs ``[0, mutual_epochs)``::
+
+        L = L_sup + w_asc(epoch) * ASC(p_1..p_M) + w_mse(epoch) * MSE(p_1..p_M)
+
+      ``L_sup``: supervised loss of every modality network on the labeled batch; ``ASC``:
+      area-similarity contrast (a map's positive is the same case from another modality, its
+      negatives every other case of the batch, similarity = soft Dice, NT-Xent); ``MSE``: mutual
+      consistency between the modalities' probability maps.
+
+    - **prel** stage, from ``mutual_epochs`` on: the teacher is the weight average of the strongest
+      modality's ``teacher_checkpoints`` best validation snapshots (chosen by validation Dice, see
+      :meth:`record_validation`). Its soft pseudo-label is the mean of ``prel_passes`` stochastic
+      passes (dropout on, Gaussian input noise) on the unlabeled batch, without gradients. Every
+      modality network re-learns from it::
+
+        L = L_sup + prel_weight * mean_m L_soft(logits_m, pseudo) + prel_alpha * ASC(p_1..p_M)
+
+      with ``L_soft`` Dice + CE against the soft target (``SoftDiceCELoss``).
+
+    The teacher is built at the first iteration of the prel stage and then stays fixed. Snapshots
+    are only recorded during the mutual stage. Without unlabeled data both stages train the
+    supervised term only.
+
+    The teacher is created in :meth:`setup` (a copy of modality 0's network, frozen), so that it is
+    part of the method's ``state_dict`` from the start; the stage, the chosen modality and the
+    per-modality top-K snapshots with their scores and epochs are the module's extra state. The
+    training-state checkpoint therefore resumes either stage exactly. To load a checkpoint into a
+    fresh method, call :meth:`setup` with the network first.
+
+    Validation reaches the method through ``scripts.engine.ModalityValidationHandler``, which calls
+    :meth:`record_validation` every few epochs. If no validation has been recorded when the prel
+    stage starts, the teacher is modality 0's current network and a warning is logged.
+
+    Args:
+        supervised_loss: ``loss(list_of_logits, label)`` over the modality networks, e.g.
+            ``MultiHeadSupervisedLoss``.
+        asc_loss: area-similarity contrastive loss over the list of probability maps
+            (``AreaSimilarityContrastiveLoss``).
+        mutual_loss: consistency loss over the list of probability maps (``MutualConsistencyLoss``).
+        pseudo_label_loss: ``loss(logits, soft_target)`` of the prel stage (``SoftDiceCELoss``).
+        asc_weight: schedule ``epoch -> weight`` of ASC in the mutual stage (sigmoid ramp-up).
+        mse_weight: schedule ``epoch -> weight`` of the mutual consistency (sigmoid ramp-up).
+        mutual_epochs: length of the mutual stage in epochs, >= 0.
+        prel_passes: number ``T`` of stochastic teacher passes averaged into a pseudo-label, >= 1.
+        prel_noise_std: standard deviation of the teacher's Gaussian input noise, >= 0.
+        prel_alpha: weight of ASC in the prel stage, >= 0.
+        prel_weight: weight of the pseudo-label re-learning term, >= 0.
+        teacher_checkpoints: number ``K`` of best validation snapshots kept per modality and
+            averaged into the teacher, >= 1.
+    """
+
+    def __init__(
+        self,
+        supervised_loss: nn.Module,
+        asc_loss: nn.Module,
+        mutual_loss: nn.Module,
+        pseudo_label_loss: nn.Module,
+        asc_weight: Callable[[float], float],
+        mse_weight: Callable[[float], float],
+        mutual_epochs: float,
+        prel_passes: int = 4,
+        prel_noise_std: float = 0.1,
+        prel_alpha: float = 0.1,
+        prel_weight: float = 1.0,
+        teacher_checkpoints: int = 3,
+    ) -> None:
+        super().__init__()
+        if not mutual_epochs >= 0:
+            raise ValueError(f"mutual_epochs must be >= 0, got {mutual_epochs}.")
+        if int(prel_passes) != prel_passes or prel_passes < 1:
+            raise ValueError(f"prel_passes must be an integer >= 1, got {prel_passes}.")
+        if not prel_noise_std >= 0:
+            raise ValueError(f"prel_noise_std must be >= 0, got {prel_noise_std}.")
+        if not prel_alpha >= 0 or not prel_weight >= 0:
+            raise ValueError(f"prel_alpha and prel_weight must be >= 0, got {prel_alpha} and {prel_weight}.")
+        if int(teacher_checkpoints) != teacher_checkpoints or teacher_checkpoints < 1:
+            raise ValueError(f"teacher_checkpoints must be an integer >= 1, got {teacher_checkpoints}.")
+        self.supervised_loss = supervised_loss
+        self.asc_loss = asc_loss
+        self.mutual_loss = mutual_loss
+        self.pseudo_label_loss = pseudo_label_loss
+        self.asc_weight = asc_weight
+        self.mse_weight = mse_weight
+        self.mutual_epochs = float(mutual_epochs)
+        self.prel_passes = int(prel_passes)
+        self.prel_noise_std = float(prel_noise_std)
+        self.prel_alpha = float(prel_alpha)
+        self.prel_weight = float(prel_weight)
+        self.teacher_checkpoints = int(teacher_checkpoints)
+        self.register_module("teacher", None)
+        self.num_modalities = 0
+        self.stage = MUTUAL
+        self.teacher_modality = -1
+        # per modality: up to K entries {"epoch", "score", "state"}, best score first
+        self.snapshots: list[list[dict[str, Any]]] = []
+
+    # ------------------------------------------------------------------ set-up and state
+    def setup(self, network: nn.Module) -> None:
+        """Check the network and create the (frozen) teacher as a copy of modality 0's network."""
+        network = _unwrap(network)
+        for attribute in ("forward_modalities", "modality_network", "num_modalities"):
+            if not hasattr(network, attribute):
+                raise TypeError(
+                    f"SemiCMLMethod needs a network with one independent network per modality "
+                    f"(e.g. DecoupledMultiModalNet); {type(network).__name__} has no `{attribute}`."
+                )
+        if network.num_modalities < 2:
+            raise ValueError(f"Semi-CML needs at least 2 modalities, got {network.num_modalities}.")
+        if self.num_modalities and self.num_modalities != network.num_modalities:
+            raise ValueError(
+                f"the method holds {self.num_modalities} modalities, the network has {network.num_modalities}."
+            )
+        self.num_modalities = int(network.num_modalities)
+        if len(self.snapshots) != self.num_modalities:
+            self.snapshots = [[] for _ in range(self.num_modalities)]
+        if self.teacher is None:
+            teacher = copy.deepcopy(network.modality_network(0))
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            self.teacher = teacher
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Stage, chosen modality and snapshots (plain containers and tensors: ``weights_only`` loadable)."""
+        return {
+            "stage": self.stage,
+            "teacher_modality": self.teacher_modality,
+            "snapshots": [
+                [{"epoch": s["epoch"], "score": s["score"], "state": dict(s["state"])} for s in modality]
+                for modality in self.snapshots
+            ],
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if state["stage"] not in (MUTUAL, PREL):
+            raise ValueError(f"unknown Semi-CML stage {state['stage']!r}.")
+        if self.num_modalities and len(state["snapshots"]) not in (0, self.num_modalities):
+            raise ValueError(
+                f"the checkpoint holds snapshots of {len(state['snapshots'])} modalities, "
+                f"the network has {self.num_modalities}."
+            )
+        self.stage = state["stage"]
+        self.teacher_modality = int(state["teacher_modality"])
+        self.snapshots = [
+            [
+                {
+                    "epoch": int(s["epoch"]),
+                    "score": float(s["score"]),
+                    "state": {k: v.cpu() for k, v in s["state"].items()},
+                }
+                for s in modality
+            ]
+            for modality in state["snapshots"]
+        ]
+        if self.snapshots:
+            self.num_modalities = len(self.snapshots)
+
+    # ------------------------------------------------------------------ validation and teacher
+    def record_validation(self, epoch: int, per_modality_dice: Sequence[float], network: nn.Module) -> None:
+        """Keep each modality network's weights if they are among its ``K`` best validation scores.
+
+        Called by ``ModalityValidationHandler``. Only the mutual stage records snapshots (the prel
+        teacher is fixed once built). A NaN score is ignored. Among equal scores the earlier
+        snapshot is kept. Snapshots are state-dict copies on the CPU.
+
+        Args:
+            epoch: the (1-based) epoch just completed.
+            per_modality_dice: validation Dice of every modality network, in modality order.
+            network: the trained multimodal network.
+        """
+        network = _unwrap(network)
+        if len(per_modality_dice) != self.num_modalities:
+            raise ValueError(f"expected {self.num_modalities} per-modality scores, got {len(per_modality_dice)}.")
+        if self.stage != MUTUAL:
+            return
+        for m, score in enumerate(per_modality_dice):
+            score = float(score)
+            kept = self.snapshots[m]
+            if math.isnan(score) or (len(kept) >= self.teacher_checkpoints and score <= kept[-1]["score"]):
+                continue
+            state = {k: v.detach().cpu().clone() for k, v in network.modality_network(m).state_dict().items()}
+            position = next((i for i, s in enumerate(kept) if score > s["score"]), len(kept))
+            kept.insert(position, {"epoch": int(epoch), "score": score, "state": state})
+            del kept[self.teacher_checkpoints :]
+
+    def best_scores(self) -> list[float]:
+        """The best recorded validation score of every modality (NaN where none was recorded)."""
+        return [kept[0]["score"] if kept else math.nan for kept in self.snapshots]
+
+    def build_teacher(self, network: nn.Module) -> None:
+        """Start the prel stage: average the strongest modality's top-K snapshots into the teacher."""
+        network = _unwrap(network)
+        if self.teacher is None:
+            self.setup(network)
+        assert self.teacher is not None
+        scores = self.best_scores()
+        if all(math.isnan(s) for s in scores):
+            self.teacher_modality = 0
+            state = {k: v.detach().clone() for k, v in network.modality_network(0).state_dict().items()}
+            logger.warning(
+                "Semi-CML: no per-modality validation was recorded before the PReL stage (is "
+                "ModalityValidationHandler attached, with an interval that fits in mutual_epochs?); "
+                "the teacher is modality 0's current network."
+            )
+        else:
+            self.teacher_modality = strongest_modality(scores)
+            kept = self.snapshots[self.teacher_modality]
+            state = average_state_dicts([s["state"] for s in kept])
+            logger.info(
+                f"Semi-CML: PReL teacher = average of modality {self.teacher_modality}'s {len(kept)} best "
+                f"checkpoints (epochs {[s['epoch'] for s in kept]}, Dice {[round(s['score'], 4) for s in kept]}); "
+                f"best Dice per modality {[round(s, 4) for s in scores]}."
+            )
+        self.teacher.load_state_dict(state)
+        self.stage = PREL
+        if self.prel_passes > 1 and self.prel_noise_std == 0 and not _has_dropout(self.teacher):
+            logger.warning("Semi-CML: the teacher has no dropout and prel_noise_std is 0; its passes are identical.")
+
+    def pseudo_labels(self, unlabeled: torch.Tensor) -> torch.Tensor:
+        """Soft pseudo-labels of the unlabeled batch ``(B, M, *spatial)`` from the teacher's modality.
+
+        The teacher runs in eval mode with its dropout layers in train mode (Monte-Carlo dropout),
+        so that normalisation layers with running statistics are not disturbed.
+        """
+        if self.teacher is None or self.teacher_modality < 0:
+            raise RuntimeError("the PReL teacher is not built yet; call build_teacher first.")
+        self.teacher.eval()
+        for module in self.teacher.modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                module.train()
+        m = self.teacher_modality
+        return stochastic_pseudo_labels(self.teacher, unlabeled[:, m : m + 1], self.prel_passes, self.prel_noise_std)
+
+    # ------------------------------------------------------------------ training step
+    def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
+        if epoch >= self.mutual_epochs and self.stage == MUTUAL:
+            self.build_teacher(network)
+        use_unlabeled = unlabeled is not None and unlabeled.shape[1:] == image.shape[1:]
+        batch = torch.cat([image, unlabeled], dim=0) if use_unlabeled else image
+        logits, _ = network.forward_modalities(batch)
+        n = image.shape[0]
+        labeled_logits = [x[:n] for x in logits]
+        sup = self.supervised_loss(labeled_logits, label)
+        terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
+        loss = sup
+        if use_unlabeled:
+            unlabeled_logits = [x[n:] for x in logits]
+            probabilities = [torch.softmax(x, dim=1) for x in unlabeled_logits]
+            asc = self.asc_loss(probabilities)
+            if self.stage == MUTUAL:
+                w_asc, w_mse = float(self.asc_weight(epoch)), float(self.mse_weight(epoch))
+                mse = self.mutual_loss(probabilities)
+                loss = loss + w_asc * asc + w_mse * mse
+                terms.update(loss_asc=asc, loss_mse=mse, weight_asc=w_asc, weight_mse=w_mse)
+            else:
+                pseudo = self.pseudo_labels(unlabeled)
+                prel = torch.stack([self.pseudo_label_loss(x, pseudo) for x in unlabeled_logits]).mean()
+                loss = loss + self.prel_weight * prel + self.prel_alpha * asc
+                terms.update(loss_prel=prel, loss_asc=asc, weight_prel=self.prel_weight, weight_asc=self.prel_alpha)
+        pred = torch.stack(labeled_logits, dim=0).mean(dim=0)
+        return StepOutput(loss=loss, terms=terms, pred=pred)
+
+    def extra_repr(self) -> str:
+        return (
+            f"stage={self.stage}, mutual_epochs={self.mutual_epochs}, prel_passes={self.prel_passes}, "
+            f"prel_noise_std={self.prel_noise_std}, prel_alpha={self.prel_alpha}, "
+            f"teacher_checkpoints={self.teacher_checkpoints}, teacher_modality={self.teacher_modality}"
+        )

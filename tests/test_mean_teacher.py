@@ -1,0 +1,138 @@
+"""Mean Teacher: EMA update, frozen teacher, consistency that trains the student only."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from scripts.losses import MultiHeadSupervisedLoss
+from scripts.methods import MeanTeacherMethod
+from scripts.methods.rampup import ConstantWeight, SigmoidRampUp
+from scripts.networks import CMCNet
+
+
+def tiny_cmc():
+    return CMCNet(spatial_dims=2, num_modalities=2, out_channels=3, channels=(4, 8))
+
+
+def make_method(**kwargs):
+    return MeanTeacherMethod(MultiHeadSupervisedLoss(), consistency_weight=ConstantWeight(1.0), **kwargs)
+
+
+def batch():
+    return torch.randn(2, 2, 8, 8), torch.randint(0, 3, (2, 1, 8, 8)), torch.randn(3, 2, 8, 8)
+
+
+def test_ema_update_formula_on_hand_made_weights():
+    student = nn.Linear(2, 1)
+    method = make_method(ema_decay=0.9)
+    method.setup(student)
+    with torch.no_grad():
+        method.teacher.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        method.teacher.bias.fill_(4.0)
+        student.weight.copy_(torch.tensor([[3.0, -2.0]]))
+        student.bias.fill_(0.0)
+    method.ema_updates.fill_(100)  # past the warm-up: a = min(1 - 1/101, 0.9) = 0.9
+    method.after_optimizer_step(student, epoch=1.0)
+    assert torch.allclose(method.teacher.weight, torch.tensor([[0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2]]))
+    assert torch.allclose(method.teacher.bias, torch.tensor([3.6]))
+    assert int(method.ema_updates) == 101
+
+
+def test_ema_warm_up_starts_from_the_student():
+    student = nn.Linear(2, 1)
+    method = make_method(ema_decay=0.99)
+    method.setup(student)
+    with torch.no_grad():
+        method.teacher.weight.fill_(10.0)
+    method.after_optimizer_step(student, epoch=0.0)  # t = 0: a = min(0, 0.99) = 0
+    assert torch.equal(method.teacher.weight, student.weight)
+    with torch.no_grad():
+        student.weight.fill_(1.0)
+        method.teacher.weight.fill_(0.0)
+    method.after_optimizer_step(student, epoch=0.0)  # t = 1: a = min(1/2, 0.99)
+    assert torch.allclose(method.teacher.weight, torch.full_like(student.weight, 0.5))
+
+
+def test_teacher_is_a_frozen_copy_with_no_grad():
+    net = tiny_cmc()
+    method = make_method()
+    method.setup(net)
+    assert method.teacher is not net
+    assert all(not p.requires_grad for p in method.teacher.parameters())
+    for a, b in zip(method.teacher.parameters(), net.parameters()):
+        assert torch.equal(a, b)
+    image, label, unlabeled = batch()
+    method.step(net, image, label, unlabeled, epoch=1.0).loss.backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_consistency_term_trains_the_student_only():
+    torch.manual_seed(0)
+    net = tiny_cmc()
+    method = make_method(noise_std=0.1)
+    method.setup(net)
+    with torch.no_grad():  # a teacher that differs from the student
+        for p in method.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    teacher_before = [p.clone() for p in method.teacher.parameters()]
+    image, label, unlabeled = batch()
+    out = method.step(net, image, label, unlabeled, epoch=1.0)
+    assert set(out.terms) == {"loss_sup", "loss_consistency", "weight_consistency"}
+    assert out.pred.shape == (2, 3, 8, 8)
+    out.terms["loss_consistency"].backward()
+    assert sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in method.teacher.parameters())
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(method.teacher.parameters(), teacher_before))
+
+
+def test_consistency_weight_follows_the_ramp_up_and_falls_back_without_unlabeled():
+    net = tiny_cmc()
+    method = MeanTeacherMethod(MultiHeadSupervisedLoss(), consistency_weight=SigmoidRampUp(0.1, length=10))
+    method.setup(net)
+    image, label, unlabeled = batch()
+    assert method.step(net, image, label, unlabeled, epoch=10.0).terms["weight_consistency"] == pytest.approx(0.1)
+    out = method.step(net, image, label, None, epoch=10.0)
+    assert set(out.terms) == {"loss_sup"}
+
+
+def test_plain_network_without_heads():
+    net = nn.Conv2d(2, 3, 3, padding=1)
+    method = make_method()
+    method.setup(net)
+    image, label, unlabeled = batch()
+    out = method.step(net, image, label, unlabeled, epoch=1.0)
+    assert out.pred.shape == (2, 3, 8, 8)
+
+
+def test_teacher_and_counter_round_trip_through_state_dict():
+    net = tiny_cmc()
+    method = make_method()
+    method.setup(net)
+    method.after_optimizer_step(net, 0.0)
+    method.after_optimizer_step(net, 0.0)
+    with torch.no_grad():
+        next(method.teacher.parameters()).add_(1.0)
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = make_method()
+    fresh.setup(tiny_cmc())
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert int(fresh.ema_updates) == 2
+    for a, b in zip(fresh.teacher.parameters(), method.teacher.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError):
+        make_method(ema_decay=1.5)
+    with pytest.raises(ValueError):
+        make_method(noise_std=-0.1)
+    with pytest.raises(RuntimeError):
+        make_method().step(tiny_cmc(), *batch(), epoch=0.0)
