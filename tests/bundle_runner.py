@@ -39,9 +39,12 @@ def run_bundle(args: list[str], timeout: float = 600, cwd: Path = REPO_ROOT) -> 
     return proc
 
 
-def tiny_train_args(tmp: Path, *configs: str, epochs: int = 1, iterations: int = 2, synthetic: dict | None = None) -> list[str]:
+def tiny_train_args(
+    tmp: Path, *configs: str, epochs: int = 1, iterations: int = 2, synthetic: dict | None = None, spatial_dims: int = 2
+) -> list[str]:
     """Arguments of a short training run that writes only under `tmp`."""
     synthetic = dict(TINY_SYNTHETIC, **(synthetic or {}))
+    size = synthetic["image_size"]
     return [
         "run",
         "--config_file", config_files(*(configs or ("train.yaml",))),
@@ -49,7 +52,8 @@ def tiny_train_args(tmp: Path, *configs: str, epochs: int = 1, iterations: int =
         "--iterations_per_epoch", str(iterations),
         "--val_interval", "1",
         "--log_interval", "1",
-        "--roi_size", json.dumps([32, 32]),
+        "--spatial_dims", str(spatial_dims),
+        "--roi_size", json.dumps([size] * spatial_dims),
         "--batch_size", "2",
         "--output_dir", str(tmp / "out"),
         "--ckpt_dir", str(tmp / "models"),

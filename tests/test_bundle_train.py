@@ -41,6 +41,13 @@ def test_train_cmc_without_unlabeled_falls_back_to_supervised(tmp_path):
     assert "loss_cac" not in log  # no unlabeled batch, so no anatomical consistency term
 
 
+def test_train_cmc_3d(tmp_path):
+    run_bundle(tiny_train_args(tmp_path, synthetic={"image_size": 16}, spatial_dims=3))
+    _check_outputs(tmp_path)
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert any(v.ndim == 5 for v in state.values())  # 3D convolution kernels
+
+
 def test_train_supervised_override(tmp_path):
     run_bundle(tiny_train_args(tmp_path, "train.yaml", "supervised.yaml"))
     _check_outputs(tmp_path)

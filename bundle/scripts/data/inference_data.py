@@ -1,0 +1,166 @@
+# Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
+"""
+The cases of an inference run (``configs/inference.yaml``), from whichever source is given.
+
+Sources, first match wins:
+
+1. ``image``: one case from the command line: a list of per-modality files
+   (``--image "['a_t1.nii.gz','a_t2.nii.gz','a_flair.nii.gz']"``) or ONE multi-channel file
+   (``--image a.nii.gz``).
+2. ``datalist_file``, or ``dataset_dir`` holding a ``datalist.json``: the cases of ``data_split``
+   (default ``testing``), in any form the training datalist accepts (one key per modality,
+   ``"image": [...]`` or ``"image": "multi-channel file"``). Unlike training, no ``training``
+   list is required and a missing file does not stop the run: that case alone fails.
+3. ``dataset_dir`` with ``image_pattern`` (a glob relative to ``dataset_dir``): one case per
+   matching multi-channel file.
+4. nothing: the ``data_split`` cases of the embedded synthetic dataset (generated once).
+
+Every case is ``{"case": id, "image": path or [paths], "input_files": [every input path]}``. The
+output path of every case (``<output_dir>/<case>_<postfix><ext>``) is checked against every input
+file of every case before anything runs: an inference run never overwrites its input.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .datalist import DatalistError, _derive_case_id, _normalise_case
+from .synthetic import generate_synthetic_dataset
+from .transforms import _safe_name, input_files_of
+
+__all__ = ["inference_cases", "segmentation_path"]
+
+
+def segmentation_path(output_dir: str, case_id: str, output_postfix: str = "seg", output_ext: str = ".nii.gz") -> str:
+    """Where ``SaveSegmentationd`` (with ``separate_folder=False``) writes the label map of a case."""
+    ext = output_ext if output_ext.startswith(".") else f".{output_ext}"
+    postfix = f"_{output_postfix}" if output_postfix else ""
+    return os.path.join(os.path.abspath(os.path.expanduser(output_dir)), f"{_safe_name(case_id)}{postfix}{ext}")
+
+
+def _abspath(path: Any) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _cases_from_image(image: Any, modalities: Sequence[str]) -> list[dict[str, Any]]:
+    if isinstance(image, (str, os.PathLike)):
+        path = _abspath(image)
+        return [{"case": _derive_case_id(path, modalities[0], per_modality=False) or "case", "image": path}]
+    if isinstance(image, Sequence) and image and all(isinstance(p, (str, os.PathLike)) for p in image):
+        paths = [_abspath(p) for p in image]
+        if len(paths) != len(modalities):
+            raise ValueError(
+                f"--image: got {len(paths)} files for {len(modalities)} modalities ({', '.join(modalities)}); "
+                "give one file per modality in that order, or one multi-channel file."
+            )
+        return [{"case": _derive_case_id(paths[0], modalities[0], per_modality=True) or "case", "image": paths}]
+    raise ValueError(f"--image: expected a file path or a list of file paths, got {image!r}.")
+
+
+def _cases_from_datalist(datalist_file: str, dataset_dir: str | None, data_split: str, modalities: Sequence[str]):
+    with open(datalist_file, encoding="utf-8") as f:
+        try:
+            content = json.load(f)
+        except ValueError as e:
+            raise DatalistError([f"not valid JSON: {e}"], datalist_file) from e
+    if not isinstance(content, dict):
+        raise DatalistError(["the top level must be a JSON object"], datalist_file)
+    raw = content.get(data_split)
+    if not isinstance(raw, list) or not raw:
+        available = [k for k, v in content.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        raise DatalistError([f"split '{data_split}': no cases (splits with cases: {available})"], datalist_file)
+    base_dir = _abspath(dataset_dir) if dataset_dir else os.path.dirname(_abspath(datalist_file))
+    problems: list[str] = []
+    # files are not checked here: a missing file fails its own case at load time, not the run
+    cases = [
+        _normalise_case(c, "testing" if data_split != "unlabeled" else "unlabeled", i, list(modalities), base_dir, False, problems)
+        for i, c in enumerate(raw)
+    ]
+    if problems:
+        raise DatalistError(problems, datalist_file)
+    return cases
+
+
+def inference_cases(
+    modalities: Sequence[str],
+    image: Any = None,
+    dataset_dir: str | None = None,
+    datalist_file: str | None = None,
+    data_split: str = "testing",
+    image_pattern: str | None = None,
+    synthetic_dir: str | None = None,
+    spatial_dims: int = 2,
+    output_dir: str | None = None,
+    output_postfix: str = "seg",
+    output_ext: str = ".nii.gz",
+) -> list[dict[str, Any]]:
+    """
+    The cases to segment (see the module docstring for the sources and their order).
+
+    Args:
+        modalities: modality names in channel order.
+        image: one case from the command line: a path, or a list of one path per modality.
+        dataset_dir: folder of a dataset (with ``datalist.json``, or searched with ``image_pattern``).
+        datalist_file: a datalist JSON; default ``<dataset_dir>/datalist.json``.
+        data_split: the datalist list to segment.
+        image_pattern: glob of multi-channel files relative to ``dataset_dir``, when there is no datalist.
+        synthetic_dir: folder of the embedded synthetic dataset, used when no source is given.
+        spatial_dims: dimensionality of the synthetic dataset.
+        output_dir, output_postfix, output_ext: where the segmentations go; when ``output_dir`` is
+            given, a segmentation path equal to any input file raises ``FileExistsError``.
+
+    Returns:
+        ``[{"case": id, "image": path or [paths], "input_files": [paths]}, ...]``.
+    """
+    modalities = list(modalities)
+    if image not in (None, "", []):
+        cases = _cases_from_image(image, modalities)
+    else:
+        datalist_path = None
+        if datalist_file:
+            datalist_path = _abspath(datalist_file)
+        elif dataset_dir and os.path.isfile(os.path.join(_abspath(dataset_dir), "datalist.json")) and not image_pattern:
+            datalist_path = os.path.join(_abspath(dataset_dir), "datalist.json")
+        if datalist_path:
+            if not os.path.isfile(datalist_path):
+                raise FileNotFoundError(f"datalist file not found: {datalist_path}")
+            cases = _cases_from_datalist(datalist_path, dataset_dir, data_split, modalities)
+        elif dataset_dir:
+            if not image_pattern:
+                raise ValueError(
+                    f"dataset_dir {_abspath(dataset_dir)} has no datalist.json: give --image_pattern "
+                    "(e.g. '*.nii.gz', one multi-channel file per case), --datalist_file, or --image."
+                )
+            paths = sorted(glob.glob(os.path.join(_abspath(dataset_dir), image_pattern)))
+            if not paths:
+                raise FileNotFoundError(f"no file matches {os.path.join(_abspath(dataset_dir), image_pattern)}")
+            cases = [{"case": _derive_case_id(p, modalities[0], per_modality=False) or p, "image": p} for p in paths]
+        else:
+            if not synthetic_dir:
+                raise ValueError("no input: give --image, --dataset_dir or --datalist_file.")
+            datalist_path = generate_synthetic_dataset(synthetic_dir, spatial_dims=spatial_dims, modalities=modalities)
+            cases = _cases_from_datalist(datalist_path, None, data_split, modalities)
+
+    result = []
+    seen: set[str] = set()
+    for case in cases:
+        files = input_files_of(case.get("image")) + input_files_of(case.get("label"))
+        case_id = str(case["case"])
+        if case_id in seen:
+            raise ValueError(f"case id '{case_id}' appears twice: the two segmentations would overwrite each other.")
+        seen.add(case_id)
+        result.append({"case": case_id, "image": case["image"], "input_files": files})
+    if output_dir:
+        inputs = {os.path.realpath(p): p for c in result for p in c["input_files"]}
+        for c in result:
+            target = segmentation_path(output_dir, c["case"], output_postfix, output_ext)
+            if os.path.realpath(target) in inputs:
+                raise FileExistsError(
+                    f"case '{c['case']}': refusing to run: its segmentation {target} would overwrite the input file "
+                    f"{inputs[os.path.realpath(target)]}; choose another output_dir or output_postfix."
+                )
+    return result

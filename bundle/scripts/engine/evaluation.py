@@ -1,0 +1,355 @@
+# Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
+"""
+Evaluation of every modality head and of the fused prediction (``configs/evaluate.yaml``).
+
+- :class:`SplitHeadsd` splits the output of :class:`scripts.networks.modality_heads.ModalityHeadsWrapper`
+  into ``pred`` (fused) and ``pred_<modality>`` (one per head);
+- :func:`segmentation_metrics` builds the MONAI metric handlers (Dice, 95% Hausdorff distance,
+  average symmetric surface distance) of every head, with per-case details;
+- :class:`EvaluationReport` writes ``metrics.json`` and ``metrics.csv`` (per case, per class,
+  and the summary), overlay PNGs of the first cases, and prints the summary table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.config import KeysCollection
+from monai.handlers import HausdorffDistance, MeanDice, SurfaceDistance, from_engine
+from monai.transforms import MapTransform
+
+__all__ = [
+    "METRICS",
+    "EvaluationReport",
+    "SplitHeadsd",
+    "head_keys",
+    "labeled_cases",
+    "metric_name",
+    "segmentation_metrics",
+]
+
+#: metric short name -> description, in report order.
+METRICS = {"dice": "Dice", "hd95": "HD95", "asd": "ASD"}
+
+
+def head_keys(heads: Sequence[str], pred_key: str = "pred") -> list[str]:
+    """Output keys of the heads: ``pred`` for the first (fused), ``pred_<name>`` for the others."""
+    return [pred_key] + [f"{pred_key}_{h}" for h in list(heads)[1:]]
+
+
+def metric_name(head: str, metric: str) -> str:
+    """Name of a metric of a head in the evaluator's metrics, e.g. ``t1_hd95``."""
+    return f"{head}_{metric}"
+
+
+class SplitHeadsd(MapTransform):
+    """
+    Splits a channel-concatenated prediction ``(len(heads) * C, *spatial)`` into ``len(heads)``
+    predictions of ``C`` channels: the first stays under ``key``, head ``i > 0`` goes to
+    ``<key>_<heads[i]>``.
+
+    Args:
+        keys: the prediction key(s), usually ``"pred"``.
+        heads: head names, the fused prediction first, e.g. ``["fused", "t1", "t2", "flair"]``.
+    """
+
+    def __init__(self, keys: KeysCollection, heads: Sequence[str], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.heads = [str(h) for h in heads]
+        if len(self.heads) < 1 or len(set(self.heads)) != len(self.heads):
+            raise ValueError(f"heads must be distinct names, got {heads}.")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            pred = d[key]
+            n = len(self.heads)
+            if pred.shape[0] % n:
+                raise ValueError(f"'{key}' has {pred.shape[0]} channels, not a multiple of {n} heads {self.heads}.")
+            chunks = torch.chunk(pred, n, dim=0) if isinstance(pred, torch.Tensor) else np.split(pred, n, axis=0)
+            for out_key, chunk in zip(head_keys(self.heads, str(key)), chunks):
+                d[out_key] = chunk
+        return d
+
+
+def segmentation_metrics(
+    heads: Sequence[str], label_key: str = "label", pred_key: str = "pred", include_background: bool = False
+) -> dict[str, Any]:
+    """
+    MONAI metric handlers of every head: ``<head>_dice`` (``MeanDice``), ``<head>_hd95``
+    (``HausdorffDistance(percentile=95)``) and ``<head>_asd`` (``SurfaceDistance(symmetric=True)``),
+    each averaged over cases and classes, with per-case, per-class values saved in
+    ``engine.state.metric_details`` for :class:`EvaluationReport`. Distances are in voxels.
+
+    Args:
+        heads: head names, the fused prediction first (see :func:`head_keys` for their keys).
+        label_key: key of the one-hot label.
+        pred_key: key of the fused one-hot prediction.
+        include_background: whether class 0 is evaluated.
+    """
+    metrics: dict[str, Any] = {}
+    for head, key in zip(heads, head_keys(heads, pred_key)):
+        transform = from_engine([key, label_key])
+        metrics[metric_name(head, "dice")] = MeanDice(
+            include_background=include_background, output_transform=transform, save_details=True
+        )
+        metrics[metric_name(head, "hd95")] = HausdorffDistance(
+            include_background=include_background, percentile=95, output_transform=transform, save_details=True
+        )
+        metrics[metric_name(head, "asd")] = SurfaceDistance(
+            include_background=include_background, symmetric=True, output_transform=transform, save_details=True
+        )
+    return metrics
+
+
+def labeled_cases(datalist: Mapping[str, Sequence[dict]], split: str) -> list[dict]:
+    """The cases of ``split``, which must all have a single label file (evaluation needs labels)."""
+    if split not in datalist:
+        raise ValueError(f"eval_split '{split}' is not a datalist split (splits: {sorted(datalist)}).")
+    cases = list(datalist[split])
+    if not cases:
+        raise ValueError(f"eval_split '{split}': no cases to evaluate.")
+    unlabeled = [c.get("case", "?") for c in cases if not isinstance(c.get("label"), str)]
+    if unlabeled:
+        raise ValueError(
+            f"eval_split '{split}': evaluation needs one label file per case; missing or per-modality labels in "
+            f"cases {unlabeled}."
+        )
+    return cases
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _nanmean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "nan" if value is None else f"{value:.{digits}f}"
+
+
+class EvaluationReport:
+    """
+    Attach to the evaluator of ``evaluate.yaml``: collects the case ids in iteration order and, at
+    the end, writes in ``output_dir``:
+
+    - ``metrics.json``: ``summary[head][metric]`` (per class and ``mean``, averaged over cases,
+      ignoring undefined values), ``cases``: a list of ``{"case": id, head: {metric: {class:
+      value, "mean": value}}}``, and the names of heads, metrics and classes;
+    - ``metrics.csv``: one row per case, head and metric with the per-class values and their mean,
+      then the summary rows (case ``mean``);
+    - ``overlays/<case>.png`` for the first ``num_overlays`` cases: a slice of every modality with
+      its own head's prediction (solid) and the label (dashed) as contours, and the fused
+      prediction on the first modality;
+
+    and prints the summary table (one line per head: mean Dice, HD95 and ASD).
+
+    A distance is undefined (``null`` in JSON, empty in CSV) when the prediction or the label of a
+    class is empty in a case.
+
+    Args:
+        output_dir: folder of the report (created).
+        heads: head names, the fused prediction first.
+        class_names: names of the evaluated (foreground) classes.
+        modalities: modality names, in channel order of the image.
+        num_overlays: number of cases drawn.
+        case_key: key of the case id in the batch.
+        image_key, label_key, pred_key: keys in the evaluator's output.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        heads: Sequence[str],
+        class_names: Sequence[str],
+        modalities: Sequence[str],
+        num_overlays: int = 4,
+        case_key: str = "case",
+        image_key: str = "image",
+        label_key: str = "label",
+        pred_key: str = "pred",
+    ) -> None:
+        self.output_dir = str(output_dir)
+        self.heads = [str(h) for h in heads]
+        self.class_names = [str(c) for c in class_names]
+        self.modalities = [str(m) for m in modalities]
+        self.num_overlays = int(num_overlays)
+        self.case_key = case_key
+        self.image_key = image_key
+        self.label_key = label_key
+        self.pred_key = pred_key
+        self.case_ids: list[str] = []
+        self.logger = logging.getLogger(self.__class__.__name__)
+        self.files: dict[str, str] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._report)
+
+    def _reset(self, engine: Engine) -> None:
+        self.case_ids = []
+
+    # ---------------------------------------------------------------- per iteration
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        items = batch if isinstance(batch, list) else [batch]
+        outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        for item, output in zip(items, outputs):
+            case_id = item.get(self.case_key) if isinstance(item, Mapping) else None
+            if isinstance(case_id, (list, tuple)):
+                case_id = case_id[0]
+            case_id = str(case_id) if case_id is not None else f"case_{len(self.case_ids):04d}"
+            self.case_ids.append(case_id)
+            if len(self.case_ids) <= self.num_overlays:
+                try:
+                    self._overlay(case_id, output)
+                except Exception as e:  # noqa: BLE001 - a picture must not stop the evaluation
+                    self.logger.warning(f"case '{case_id}': overlay not drawn: {e}")
+
+    def _overlay(self, case_id: str, output: Mapping) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        image = _numpy(output[self.image_key])  # (M, *spatial)
+        label = np.argmax(_numpy(output[self.label_key]), axis=0)  # one-hot -> indices
+        keys = head_keys(self.heads, self.pred_key)
+        preds = {h: np.argmax(_numpy(output[k]), axis=0) for h, k in zip(self.heads, keys) if k in output}
+        if label.ndim == 3:  # 3D: the axial slice with the most labeled voxels
+            z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0)))
+            image, label = image[..., z], label[..., z]
+            preds = {h: p[..., z] for h, p in preds.items()}
+        panels = [(m, i, preds.get(m)) for i, m in enumerate(self.modalities)]
+        panels.append((self.heads[0], 0, preds.get(self.heads[0])))
+        colors = plt.get_cmap("tab10")
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
+        for ax, (title, channel, pred) in zip(axes[0], panels):
+            ax.imshow(image[channel].T, cmap="gray", origin="lower")
+            for c in range(1, len(self.class_names) + 1):
+                color = colors(c - 1)
+                if (label == c).any():
+                    ax.contour((label == c).T.astype(float), levels=[0.5], colors=[color], linestyles="dashed", linewidths=1)
+                if pred is not None and (pred == c).any():
+                    ax.contour((pred == c).T.astype(float), levels=[0.5], colors=[color], linewidths=1.2)
+            name = title if title != self.heads[0] else f"{title} (on {self.modalities[0]})"
+            ax.set_title(name, fontsize=10)
+            ax.axis("off")
+        handles = [
+            matplotlib.lines.Line2D([], [], color=colors(i), label=n) for i, n in enumerate(self.class_names)
+        ] + [
+            matplotlib.lines.Line2D([], [], color="k", label="prediction"),
+            matplotlib.lines.Line2D([], [], color="k", linestyle="dashed", label="label"),
+        ]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+        fig.suptitle(f"case {case_id}: each modality with its own head; fused prediction last", fontsize=10)
+        fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+        folder = os.path.join(self.output_dir, "overlays")
+        os.makedirs(folder, exist_ok=True)
+        fig.savefig(os.path.join(folder, f"{case_id.replace(os.sep, '_')}.png"), dpi=80)
+        plt.close(fig)
+
+    # ---------------------------------------------------------------- end of the run
+    def _details(self, engine: Engine) -> dict[str, dict[str, np.ndarray]]:
+        details = getattr(engine.state, "metric_details", {}) or {}
+        table: dict[str, dict[str, np.ndarray]] = {}
+        for head in self.heads:
+            for metric in METRICS:
+                values = details.get(metric_name(head, metric))
+                if values is None:
+                    continue
+                array = _numpy(values).astype(np.float64).reshape(len(self.case_ids), -1)
+                table.setdefault(head, {})[metric] = array
+        return table
+
+    def _report(self, engine: Engine) -> None:
+        table = self._details(engine)
+        cases = []
+        for i, case_id in enumerate(self.case_ids):
+            entry: dict[str, Any] = {"case": case_id}
+            for head, per_metric in table.items():
+                entry[head] = {}
+                for metric, array in per_metric.items():
+                    values = [_finite(v) for v in array[i]]
+                    row = dict(zip(self.class_names, values))
+                    row["mean"] = _nanmean(values)
+                    entry[head][metric] = row
+            cases.append(entry)
+        summary: dict[str, Any] = {}
+        for head, per_metric in table.items():
+            summary[head] = {}
+            for metric, array in per_metric.items():
+                per_class = {
+                    name: _nanmean([_finite(v) for v in array[:, c]]) for c, name in enumerate(self.class_names)
+                }
+                per_class["mean"] = _nanmean([_finite(v) for v in array.reshape(-1)])
+                per_class["undefined_values"] = int((~np.isfinite(array)).sum())
+                summary[head][metric] = per_class
+        os.makedirs(self.output_dir, exist_ok=True)
+        content = {
+            "heads": self.heads,
+            "metrics": {k: v for k, v in METRICS.items() if any(k in m for m in table.values())},
+            "classes": self.class_names,
+            "num_cases": len(self.case_ids),
+            "distance_unit": "voxel",
+            "summary": summary,
+            "cases": cases,
+        }
+        json_path = os.path.join(self.output_dir, "metrics.json")
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2)
+        csv_path = os.path.join(self.output_dir, "metrics.csv")
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["case", "head", "metric", *self.class_names, "mean"])
+            for entry in cases:
+                for head in table:
+                    for metric in table[head]:
+                        row = entry[head][metric]
+                        writer.writerow([entry["case"], head, metric, *[_csv(row[c]) for c in self.class_names], _csv(row["mean"])])
+            for head in table:
+                for metric in table[head]:
+                    row = summary[head][metric]
+                    writer.writerow(["mean", head, metric, *[_csv(row[c]) for c in self.class_names], _csv(row["mean"])])
+        self.files = {"json": json_path, "csv": csv_path}
+        print(self.summary_table(summary), flush=True)
+        self.logger.info(f"evaluation of {len(self.case_ids)} cases written to {json_path} and {csv_path}")
+
+    def summary_table(self, summary: Mapping[str, Any]) -> str:
+        """The summary as a text table: one line per head, mean and per-class value of each metric."""
+        metrics = [m for m in METRICS if any(m in v for v in summary.values())]
+        width = max([len(h) for h in self.heads] + [6])
+        header = f"{'head':<{width}}  " + "  ".join(
+            f"{METRICS[m] + ' mean':>10}  " + " ".join(f"{c[:8]:>8}" for c in self.class_names) for m in metrics
+        )
+        lines = [f"evaluation summary ({len(self.case_ids)} cases; distances in voxels)", header, "-" * len(header)]
+        for head, per_metric in summary.items():
+            cells = []
+            for m in metrics:
+                row = per_metric.get(m, {})
+                cells.append(f"{_fmt(row.get('mean')):>10}  " + " ".join(f"{_fmt(row.get(c)):>8}" for c in self.class_names))
+            lines.append(f"{head:<{width}}  " + "  ".join(cells))
+        return "\n".join(lines)
+
+
+def _csv(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)

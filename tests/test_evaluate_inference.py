@@ -1,0 +1,361 @@
+"""Evaluation (evaluate.yaml over train.yaml) and inference (inference.yaml alone), run as users run them."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_runner import BUNDLE, CONFIGS, REPO_ROOT, TINY_SYNTHETIC, config_files, run_bundle, tiny_train_args
+
+MODALITIES = ["t1", "t2", "flair"]
+HEADS = ["fused", *MODALITIES]
+SHIPPED = BUNDLE / "models" / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A model trained for 2 iterations on a tiny embedded dataset: tmp/models/model.pt, tmp/data/."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    run_bundle(tiny_train_args(tmp))
+    assert (tmp / "models" / "model.pt").is_file()
+    return tmp
+
+
+@pytest.fixture
+def shipped_weights() -> Path:
+    if not SHIPPED.is_file():
+        pytest.skip(f"{SHIPPED.relative_to(REPO_ROOT)} is absent (shipped weights not trained yet)")
+    return SHIPPED
+
+
+def _testing_cases(data_dir: Path) -> list[dict]:
+    return json.loads((data_dir / "datalist.json").read_text())["testing"]
+
+
+def _infer_args(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "run", "--config_file", str(CONFIGS / "inference.yaml"),
+        "--roi_size", json.dumps([32, 32]),
+        "--ckpt_dir", str(model_dir / "models"),
+        "--output_dir", str(out),
+        *extra,
+    ]
+
+
+def _run_expect_failure(args: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.returncode != 0, f"expected a failure\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _multichannel(case: dict, data_dir: Path, path: Path, flip: bool = False, singleton: bool = False) -> np.ndarray:
+    """Writes the case's modalities as ONE NIfTI, modalities on the last axis; returns the affine."""
+    images = [nib.load(data_dir / case[m]) for m in MODALITIES]
+    array = np.stack([np.asarray(i.dataobj, dtype=np.float32) for i in images], axis=-1)  # (H, W, M)
+    affine = images[0].affine.copy()
+    if flip:  # same anatomy, stored left-right mirrored (LAS): Orientationd must undo it, Invertd redo it
+        array = array[::-1].copy()
+        affine[:, 0] *= -1
+        affine[0, 3] = images[0].affine[0, 3] + images[0].affine[0, 0] * (array.shape[0] - 1)
+    if singleton:
+        array = array[:, :, None, :]
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return affine
+
+
+# ---------------------------------------------------------------- evaluation
+def test_evaluate_reports_every_head(tiny_model, tmp_path):
+    out = tmp_path / "eval"
+    proc = run_bundle([
+        "run", "--config_file", config_files("train.yaml", "evaluate.yaml"),
+        "--roi_size", json.dumps([32, 32]),
+        "--ckpt_dir", str(tiny_model / "models"),
+        "--synthetic_dir", str(tiny_model / "data"),
+        "--synthetic", json.dumps(TINY_SYNTHETIC),
+        "--output_dir", str(out),
+        "--num_overlays", "1",
+    ])
+    case_ids = [c["case"] for c in _testing_cases(tiny_model / "data")]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["heads"] == HEADS
+    assert report["classes"] == ["outer", "wall", "cavity"]
+    assert [c["case"] for c in report["cases"]] == case_ids
+    for head in HEADS:
+        for metric in ("dice", "hd95", "asd"):
+            summary = report["summary"][head][metric]
+            assert set(summary) >= {"outer", "wall", "cavity", "mean"}
+            if metric == "dice":
+                assert 0.0 <= summary["mean"] <= 1.0
+            for case in report["cases"]:
+                assert set(case[head][metric]) == {"outer", "wall", "cavity", "mean"}
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["case"] for r in rows} == {*case_ids, "mean"}
+    assert len(rows) == (len(case_ids) + 1) * len(HEADS) * 3
+    assert {r["head"] for r in rows} == set(HEADS)
+    overlays = sorted((out / "overlays").glob("*.png"))
+    assert [p.stem for p in overlays] == case_ids[:1]
+    import matplotlib.pyplot as plt
+
+    assert plt.imread(overlays[0]).ndim == 3
+    log = proc.stdout + proc.stderr
+    assert "evaluation summary" in log and all(h in log for h in HEADS)
+
+
+def test_evaluate_with_shipped_weights(shipped_weights, tmp_path):
+    out = tmp_path / "eval"
+    run_bundle([
+        "run", "--config_file", config_files("train.yaml", "evaluate.yaml"),
+        "--synthetic_dir", str(tmp_path / "data"),
+        "--synthetic", json.dumps({"num_training": 1, "num_unlabeled": 0, "num_validation": 1, "num_testing": 4}),
+        "--output_dir", str(out), "--num_overlays", "0",
+    ])
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["summary"]["fused"]["dice"]["mean"] > 0.5
+
+
+# ---------------------------------------------------------------- inference
+def test_inference_writes_label_maps_on_the_input_grid(tiny_model, tmp_path):
+    """Per-modality files, one (H, W, M) file stored mirrored (LAS), one (H, W, 1, M) file."""
+    data = tiny_model / "data"
+    case = _testing_cases(data)[0]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    flip_affine = _multichannel(case, data, inputs / "mirrored.nii.gz", flip=True)
+    _multichannel(case, data, inputs / "singleton.nii.gz", singleton=True)
+    datalist = {"testing": [
+        {"case": "files", "image": [str(data / case[m]) for m in MODALITIES]},
+        {"case": "mirrored", "image": "mirrored.nii.gz"},
+        {"case": "singleton", "image": "singleton.nii.gz"},
+    ]}
+    (inputs / "datalist.json").write_text(json.dumps(datalist))
+    out = tmp_path / "seg"
+    run_bundle(_infer_args(tiny_model, out, "--dataset_dir", str(inputs)))
+
+    reference = nib.load(data / case["t1"])
+    seg = {name: nib.load(out / f"{name}_seg.nii.gz") for name in ("files", "mirrored", "singleton")}
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}_seg.nii.gz" for n in seg)
+    for name, image in seg.items():
+        assert image.shape == reference.shape, name
+        assert image.get_data_dtype() == np.uint8
+        values = np.asarray(image.dataobj)
+        assert values.min() >= 0 and values.max() <= 3
+    np.testing.assert_allclose(seg["files"].affine, reference.affine)
+    np.testing.assert_allclose(seg["singleton"].affine, reference.affine)
+    np.testing.assert_allclose(seg["mirrored"].affine, flip_affine)
+    files = np.asarray(seg["files"].dataobj)
+    # same anatomy: the mirrored input's segmentation is the mirror of the other, voxel for voxel
+    np.testing.assert_array_equal(np.asarray(seg["mirrored"].dataobj), files[::-1])
+    np.testing.assert_array_equal(np.asarray(seg["singleton"].dataobj), files)
+    assert files.max() > 0
+
+
+def test_inference_single_multichannel_image_from_command_line(tiny_model, tmp_path):
+    """What MONAI Label sends: one multi-channel NIfTI path."""
+    data = tiny_model / "data"
+    case = _testing_cases(data)[1]
+    image = tmp_path / "patient7.nii.gz"
+    affine = _multichannel(case, data, image)
+    before = hashlib.sha256(image.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    run_bundle(_infer_args(tiny_model, out, "--image", str(image)))
+    seg = nib.load(out / "patient7_seg.nii.gz")
+    assert seg.shape == nib.load(image).shape[:2]
+    np.testing.assert_allclose(seg.affine, affine)
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == before
+
+
+def test_inference_bad_cases_are_reported_and_the_others_written(tiny_model, tmp_path):
+    data = tiny_model / "data"
+    good = _testing_cases(data)[0]
+    two_channels = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 2), np.float32), np.eye(4)), str(two_channels))
+    datalist = {"testing": [
+        {"case": "missing", "image": [str(data / good["t1"]), str(tmp_path / "nowhere_t2.nii.gz"), str(data / good["flair"])]},
+        {"case": "good", "image": [str(data / good[m]) for m in MODALITIES]},
+        {"case": "wrong_channels", "image": str(two_channels)},
+    ]}
+    (tmp_path / "list.json").write_text(json.dumps(datalist))
+    out = tmp_path / "seg"
+    proc = _run_expect_failure(_infer_args(tiny_model, out, "--datalist_file", str(tmp_path / "list.json")))
+    log = proc.stdout + proc.stderr
+    assert (out / "good_seg.nii.gz").is_file()
+    assert not (out / "missing_seg.nii.gz").exists() and not (out / "wrong_channels_seg.nii.gz").exists()
+    assert "2 of 3 cases failed" in log
+    assert "case 'missing'" in log and "nowhere_t2.nii.gz" in log
+    assert "case 'wrong_channels'" in log and str(two_channels) in log and "(32, 32, 2)" in log
+
+    # the same run, logging only: exit status 0
+    run_bundle(_infer_args(tiny_model, tmp_path / "seg2", "--datalist_file", str(tmp_path / "list.json"),
+                           "--raise_on_failure", "false"))
+    assert (tmp_path / "seg2" / "good_seg.nii.gz").is_file()
+
+
+def test_inference_never_overwrites_an_input(tiny_model, tmp_path):
+    data = tiny_model / "data"
+    case = _testing_cases(data)[0]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ["c_t1.nii.gz", "c_seg.nii.gz", "c_flair.nii.gz"]  # the output of case "c" would be c_seg.nii.gz
+    for name, m in zip(names, MODALITIES):
+        (folder / name).write_bytes((data / case[m]).read_bytes())
+    before = (folder / "c_seg.nii.gz").read_bytes()
+    proc = _run_expect_failure(_infer_args(tiny_model, folder, "--image", json.dumps([str(folder / n) for n in names])))
+    assert "refusing" in proc.stdout + proc.stderr and "c_seg.nii.gz" in proc.stdout + proc.stderr
+    assert (folder / "c_seg.nii.gz").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+def test_inference_with_shipped_weights(shipped_weights, tmp_path):
+    from scripts.data.synthetic import generate_synthetic_dataset
+
+    datalist = generate_synthetic_dataset(str(tmp_path / "data"), spatial_dims=2, modalities=MODALITIES,
+                                          num_training=1, num_unlabeled=0, num_validation=1, num_testing=1)
+    out = tmp_path / "seg"
+    run_bundle(["run", "--config_file", str(CONFIGS / "inference.yaml"), "--datalist_file", datalist,
+                "--output_dir", str(out)])
+    case = json.loads(Path(datalist).read_text())["testing"][0]
+    seg = np.asarray(nib.load(out / f"{case['case']}_seg.nii.gz").dataobj)
+    label = np.asarray(nib.load(Path(datalist).parent / case["label"]).dataobj)
+    assert seg.shape == label.shape
+    assert (seg == label).mean() > 0.8
+
+
+# ---------------------------------------------------------------- configs
+def test_inference_config_stands_alone_and_matches_training_defaults():
+    from monai.bundle import ConfigParser
+
+    train, infer = ConfigParser(), ConfigParser()
+    train.read_config(str(CONFIGS / "train.yaml"))
+    infer.read_config(str(CONFIGS / "inference.yaml"))
+    for key in ("bundle_root", "device", "dataset_dir", "network_def", "network", "preprocessing",
+                "postprocessing", "inferer", "dataset", "evaluator", "output_dir", "initialize", "run"):
+        assert key in infer, key
+    for key in ("bundle_root", "spatial_dims", "modalities", "class_names", "num_classes", "roi_size", "axcodes",
+                "network_def", "network", "device"):
+        assert infer.get(key) == train.get(key), key
+    assert infer.get("inferer") == train.get("validate#inferer")
+    names = lambda transforms: [t["_target_"].split(".")[-1] for t in transforms]  # noqa: E731
+    assert names(infer.get("preprocessing#transforms"))[-3:] == names(train.get("validate#preprocessing#transforms"))[-3:]
+    assert infer.get("preprocessing#transforms")[-1] == train.get("validate#preprocessing#transforms")[-1]
+    # outputs go under the bundle by default, never next to the inputs
+    assert infer.get("output_dir") == "$@bundle_root + '/eval'"
+
+
+def test_evaluate_config_layers_on_train():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")])
+    assert parser.get("eval_split") == "testing"
+    assert parser.get("run") == ["$@validate#evaluator.run()"]
+    assert parser.get("validate#handlers")[0]["_target_"] == "CheckpointLoader"
+    assert parser.get_parsed_content("eval_heads") == HEADS
+
+
+# ---------------------------------------------------------------- components
+def test_ensure_modality_channels_layouts(tmp_path):
+    from monai.transforms import LoadImaged
+
+    from scripts.data.transforms import EnsureModalityChannelsd
+
+    load = LoadImaged(keys="image", image_only=True)
+
+    def channels(array, spatial_dims, m=3, name="x.nii.gz"):
+        path = tmp_path / name
+        nib.save(nib.Nifti1Image(array, np.diag([2.0, 3.0, 4.0, 1.0])), str(path))
+        image = EnsureModalityChannelsd("image", m, spatial_dims)(load({"image": str(path)}))["image"]
+        return image
+
+    hw = np.random.rand(8, 6, 3).astype(np.float32)
+    out = channels(hw, 2)
+    assert out.shape == (3, 8, 6)
+    np.testing.assert_allclose(out[1].numpy(), hw[..., 1])
+    np.testing.assert_allclose(out.affine.numpy(), np.diag([2.0, 3.0, 4.0, 1.0]))
+    assert channels(hw[:, :, None, :], 2).shape == (3, 8, 6)
+    assert channels(np.random.rand(8, 6, 5, 3).astype(np.float32), 3).shape == (3, 8, 6, 5)
+    assert channels(np.random.rand(8, 6).astype(np.float32), 2, m=1).shape == (1, 8, 6)
+    # a single-sequence volume is not taken for modalities: a clear error naming the file
+    with pytest.raises(ValueError, match=r"brats_like\.nii\.gz: image of shape \(8, 6, 5\)"):
+        channels(np.random.rand(8, 6, 5).astype(np.float32), 3, m=4, name="brats_like.nii.gz")
+    with pytest.raises(ValueError, match=r"\(H, W, D, 4\)"):
+        channels(np.random.rand(8, 6, 5, 3).astype(np.float32), 3, m=4, name="three.nii.gz")
+    # one file per modality: stacked by LoadImaged, kept
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"m{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(np.full((8, 6), i, np.float32), np.eye(4)), files[-1])
+    stacked = EnsureModalityChannelsd("image", 3, 2)(load({"image": files}))["image"]
+    assert stacked.shape == (3, 8, 6) and float(stacked[2].mean()) == 2.0
+    with pytest.raises(ValueError, match="expected 4"):
+        EnsureModalityChannelsd("image", 4, 2)(load({"image": files}))
+
+
+def test_modality_heads_wrapper_and_split():
+    from scripts.engine.evaluation import SplitHeadsd, head_keys
+    from scripts.networks.cmc_net import CMCNet
+    from scripts.networks.modality_heads import ModalityHeadsWrapper
+
+    net = CMCNet(2, 3, 4, channels=(4, 8)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        out = ModalityHeadsWrapper(net)(x)
+        heads, _ = net.forward_modalities(x)
+        fused = net(x)
+    assert out.shape == (1, 16, 16, 16)
+    d = SplitHeadsd("pred", HEADS)({"pred": out[0]})
+    assert head_keys(HEADS) == ["pred", "pred_t1", "pred_t2", "pred_flair"]
+    torch.testing.assert_close(d["pred"], fused[0])
+    for m, key in enumerate(head_keys(HEADS)[1:]):
+        torch.testing.assert_close(d[key], heads[m][0])
+    with pytest.raises(TypeError, match="forward_modalities"):
+        ModalityHeadsWrapper(torch.nn.Conv2d(3, 4, 1))
+
+
+def test_save_segmentation_refuses_to_overwrite_its_input(tmp_path):
+    from monai.transforms import LoadImaged
+
+    from scripts.data.transforms import SaveSegmentationd
+
+    path = tmp_path / "p1_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 6), np.float32), np.eye(4)), str(path))
+    before = path.read_bytes()
+    pred = LoadImaged(keys="pred", image_only=True, ensure_channel_first=True)({"pred": str(path)})
+    saver = SaveSegmentationd("pred", output_dir=str(tmp_path), output_postfix="seg", separate_folder=False, resample=False)
+    with pytest.raises(FileExistsError, match="refusing"):
+        saver({**pred, "case": "p1"})
+    assert path.read_bytes() == before
+    saver({**pred, "case": "p2"})
+    assert (tmp_path / "p2_seg.nii.gz").is_file()
+
+
+def test_inference_cases_sources(tmp_path):
+    from scripts.data.inference_data import inference_cases
+
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    cases = inference_cases(MODALITIES, dataset_dir=str(tmp_path), image_pattern="*.nii.gz")
+    assert [c["case"] for c in cases] == ["a", "b"]
+    cases = inference_cases(MODALITIES, image=[str(tmp_path / f"p_{m}.nii.gz") for m in MODALITIES])
+    assert cases[0]["case"] == "p" and len(cases[0]["image"]) == 3
+    with pytest.raises(ValueError, match="2 files for 3 modalities"):
+        inference_cases(MODALITIES, image=["x.nii.gz", "y.nii.gz"])
+    with pytest.raises(ValueError, match="no datalist.json"):
+        inference_cases(MODALITIES, dataset_dir=str(tmp_path))
+    (tmp_path / "datalist.json").write_text(json.dumps({"testing": [{"case": "a", "image": "a.nii.gz"}]}))
+    cases = inference_cases(MODALITIES, dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+    assert cases == [{"case": "a", "image": str(tmp_path / "a.nii.gz"), "input_files": [str(tmp_path / "a.nii.gz")]}]
+    with pytest.raises(FileExistsError, match="refusing"):
+        inference_cases(MODALITIES, dataset_dir=str(tmp_path), output_dir=str(tmp_path), output_postfix="", )
