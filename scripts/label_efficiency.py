@@ -40,6 +40,19 @@ def _command(method: str, fraction: float, run_dir: Path, overrides: dict) -> li
     return cmd
 
 
+def _write(results: list[dict], out: Path) -> None:
+    lines = [
+        "| method | labeled fraction | best val mean Dice | (epoch) | last val mean Dice | wall time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['method']} | {r['labeled_fraction']:.0%} | {r['best_val_mean_dice']:.4f} | "
+                     f"{r['best_epoch']} | {r['last_val_mean_dice']:.4f} | {r['wall_time_s']:.0f} |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main(
     methods: tuple | list = ("cmc", "supervised"),
     fractions: tuple | list = (0.1,),
@@ -84,20 +97,8 @@ def main(
             print(f"  best val mean Dice {row['best_val_mean_dice']:.4f} (epoch {row['best_epoch']}), "
                   f"last {row['last_val_mean_dice']:.4f}, {seconds:.0f} s", flush=True)
             results.append(row)
-
-    lines = [
-        "| method | labeled fraction | best val mean Dice | (epoch) | last val mean Dice | wall time (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(f"| {r['method']} | {r['labeled_fraction']:.0%} | {r['best_val_mean_dice']:.4f} | "
-                     f"{r['best_epoch']} | {r['last_val_mean_dice']:.4f} | {r['wall_time_s']:.0f} |")
-    table = "\n".join(lines)
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    print(table)
+            _write(results, Path(output))  # after every run, so a cut-off sweep keeps what it measured
+    print((Path(output)).read_text())
     return results
 
 

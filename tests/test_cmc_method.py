@@ -101,3 +101,16 @@ def test_per_modality_labels_supervise_their_own_head():
     assert torch.allclose(loss(logits, labels[:, :1]), shared)
     with pytest.raises(ValueError, match="channels"):
         loss(logits, labels[:, :2])
+
+
+def test_unlabeled_batch_of_another_size_is_still_used():
+    # labeled crops and unlabeled images of different spatial sizes: two passes instead of one
+    net = _net()
+    image, label, _ = _batch()
+    unlabeled = torch.randn(2, 3, 48, 48)
+    out = _method().step(net, image, label, unlabeled, epoch=1.0)
+    assert "loss_cac" in out.terms and out.terms["loss_cac"].requires_grad
+    joint = _method()
+    labeled_logits, unlabeled_logits, features = joint.forward_joint(net, image, unlabeled)
+    assert labeled_logits[0].shape[-1] == 32 and unlabeled_logits[0].shape[-1] == 48
+    assert features[0].shape[0] == image.shape[0]  # bottlenecks of other sizes are not stacked

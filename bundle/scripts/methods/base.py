@@ -70,6 +70,44 @@ class SemiSupervisedMethod(nn.Module):
         """
         raise NotImplementedError
 
+    @staticmethod
+    def forward_heads(network: nn.Module, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-modality logits and bottleneck features of a multimodal network (``forward_modalities``),
+        or ``[network(batch)]`` and no features for any other network."""
+        if hasattr(network, "forward_modalities"):
+            logits, features = network.forward_modalities(batch)
+            return list(logits), list(features)
+        return [network(batch)], []
+
+    def forward_joint(
+        self, network: nn.Module, image: torch.Tensor, unlabeled: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor]]:
+        """Forward labeled and unlabeled images together (one pass when their shapes allow it).
+
+        Returns:
+            the labeled logits of every head, the unlabeled logits of every head (``None`` without
+            unlabeled images), and the features of every head over the labeled then unlabeled images.
+        """
+        if unlabeled is None:
+            logits, features = self.forward_heads(network, image)
+            return logits, None, features
+        if unlabeled.shape[1:] == image.shape[1:]:
+            logits, features = self.forward_heads(network, torch.cat([image, unlabeled], dim=0))
+            n = image.shape[0]
+            return [x[:n] for x in logits], [x[n:] for x in logits], features
+        labeled_logits, labeled_features = self.forward_heads(network, image)
+        unlabeled_logits, unlabeled_features = self.forward_heads(network, unlabeled)
+        # features of different spatial sizes cannot be stacked: keep the labeled ones
+        features = labeled_features
+        if all(a.shape[2:] == b.shape[2:] for a, b in zip(labeled_features, unlabeled_features)):
+            features = [torch.cat([a, b], dim=0) for a, b in zip(labeled_features, unlabeled_features)]
+        return labeled_logits, unlabeled_logits, features
+
+    @staticmethod
+    def fused(logits: list[torch.Tensor]) -> torch.Tensor:
+        """The mean of the heads' logits: what ``network(image)`` predicts."""
+        return torch.stack(logits, dim=0).mean(dim=0)
+
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:
         """Called after every optimizer step (update EMA teachers here)."""
 

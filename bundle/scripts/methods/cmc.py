@@ -65,12 +65,7 @@ class CMCMethod(SemiSupervisedMethod):
 
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         semi = epoch >= self.semi_start_epoch
-        use_unlabeled = semi and unlabeled is not None and unlabeled.shape[1:] == image.shape[1:]
-        # one forward pass over labeled and unlabeled images together
-        batch = torch.cat([image, unlabeled], dim=0) if use_unlabeled else image
-        logits, features = network.forward_modalities(batch)
-        n = image.shape[0]
-        labeled_logits = [x[:n] for x in logits]
+        labeled_logits, unlabeled_logits, features = self.forward_joint(network, image, unlabeled if semi else None)
         sup = self.supervised_loss(labeled_logits, label)
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
@@ -79,10 +74,9 @@ class CMCMethod(SemiSupervisedMethod):
             csc = self.csc_loss(features)
             loss = loss + w_csc * csc
             terms.update(loss_csc=csc, weight_csc=w_csc)
-            if use_unlabeled:
+            if unlabeled_logits is not None:
                 w_cac = float(self.cac_weight(epoch))
-                cac = self.cac_loss([x[n:] for x in logits])
+                cac = self.cac_loss(unlabeled_logits)
                 loss = loss + w_cac * cac
                 terms.update(loss_cac=cac, weight_cac=w_cac)
-        pred = torch.stack(labeled_logits, dim=0).mean(dim=0)
-        return StepOutput(loss=loss, terms=terms, pred=pred)
+        return StepOutput(loss=loss, terms=terms, pred=self.fused(labeled_logits))

@@ -86,28 +86,20 @@ class MeanTeacherMethod(SemiSupervisedMethod):
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         if self.teacher is None:
             raise RuntimeError("MeanTeacherMethod.setup(network) must be called before training.")
-        use_unlabeled = unlabeled is not None and unlabeled.shape[1:] == image.shape[1:]
-        batch = torch.cat([image, self._perturb(unlabeled)], dim=0) if use_unlabeled else image
-        if hasattr(network, "forward_modalities"):
-            logits, _ = network.forward_modalities(batch)
-            logits = list(logits)
-        else:
-            logits = [network(batch)]
-        n = image.shape[0]
-        labeled_logits = [x[:n] for x in logits]
+        student_input = None if unlabeled is None else self._perturb(unlabeled)
+        labeled_logits, unlabeled_logits, _ = self.forward_joint(network, image, student_input)
         sup = self.supervised_loss(labeled_logits, label)
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
-        if use_unlabeled:
-            student = torch.softmax(torch.stack([x[n:] for x in logits], dim=0).mean(dim=0), dim=1)
+        if unlabeled_logits is not None:
+            student = torch.softmax(self.fused(unlabeled_logits), dim=1)
             with torch.no_grad():
                 teacher = torch.softmax(self.teacher(self._perturb(unlabeled)), dim=1)
             weight = float(self.consistency_weight(epoch))
             consistency = torch.mean((student - teacher.to(student.dtype)) ** 2)
             loss = loss + weight * consistency
             terms.update(loss_consistency=consistency, weight_consistency=weight)
-        pred = torch.stack(labeled_logits, dim=0).mean(dim=0)
-        return StepOutput(loss=loss, terms=terms, pred=pred)
+        return StepOutput(loss=loss, terms=terms, pred=self.fused(labeled_logits))
 
     @torch.no_grad()
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:

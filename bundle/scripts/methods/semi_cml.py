@@ -369,16 +369,11 @@ class SemiCMLMethod(SemiSupervisedMethod):
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         if epoch >= self.mutual_epochs and self.stage == MUTUAL:
             self.build_teacher(network)
-        use_unlabeled = unlabeled is not None and unlabeled.shape[1:] == image.shape[1:]
-        batch = torch.cat([image, unlabeled], dim=0) if use_unlabeled else image
-        logits, _ = network.forward_modalities(batch)
-        n = image.shape[0]
-        labeled_logits = [x[:n] for x in logits]
+        labeled_logits, unlabeled_logits, _ = self.forward_joint(network, image, unlabeled)
         sup = self.supervised_loss(labeled_logits, label)
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
-        if use_unlabeled:
-            unlabeled_logits = [x[n:] for x in logits]
+        if unlabeled_logits is not None:
             probabilities = [torch.softmax(x, dim=1) for x in unlabeled_logits]
             asc = self.asc_loss(probabilities)
             if self.stage == MUTUAL:
@@ -391,8 +386,7 @@ class SemiCMLMethod(SemiSupervisedMethod):
                 prel = torch.stack([self.pseudo_label_loss(x, pseudo) for x in unlabeled_logits]).mean()
                 loss = loss + self.prel_weight * prel + self.prel_alpha * asc
                 terms.update(loss_prel=prel, loss_asc=asc, weight_prel=self.prel_weight, weight_asc=self.prel_alpha)
-        pred = torch.stack(labeled_logits, dim=0).mean(dim=0)
-        return StepOutput(loss=loss, terms=terms, pred=pred)
+        return StepOutput(loss=loss, terms=terms, pred=self.fused(labeled_logits))
 
     def extra_repr(self) -> str:
         return (

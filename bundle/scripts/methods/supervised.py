@@ -1,7 +1,6 @@
 # Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .base import SemiSupervisedMethod, StepOutput
@@ -28,10 +27,6 @@ class SupervisedMethod(SemiSupervisedMethod):
         self.supervised_loss = supervised_loss
 
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
-        if hasattr(network, "forward_modalities"):
-            logits, _ = network.forward_modalities(image)
-        else:
-            logits = [network(image)]
+        logits, _ = self.forward_heads(network, image)
         sup = self.supervised_loss(logits, label)
-        pred = torch.stack(list(logits), dim=0).mean(dim=0)
-        return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=pred)
+        return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.fused(logits))

@@ -29,6 +29,8 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetUpBlock
 
+from .input_checks import check_multimodal_input
+
 __all__ = ["ChannelAttention", "ModalityFusion", "CMCNet"]
 
 
@@ -380,31 +382,7 @@ class CMCNet(nn.Module):
         )
 
     def _check_input(self, image: torch.Tensor) -> None:
-        if image.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                "CMCNet expects input of shape (B, M, *spatial) with "
-                + str(self.spatial_dims)
-                + " spatial dims, got "
-                + str(image.dim())
-                + " dims."
-            )
-        if image.shape[1] != self.num_modalities:
-            raise ValueError(
-                "CMCNet expects "
-                + str(self.num_modalities)
-                + " input channels (one per modality), got "
-                + str(image.shape[1])
-                + "."
-            )
-        for d in range(self.spatial_dims):
-            if image.shape[d + 2] % self.size_divisor[d] != 0:
-                raise ValueError(
-                    "CMCNet spatial size "
-                    + str(image.shape[2:])
-                    + " must be divisible by the product of strides "
-                    + str(self.size_divisor)
-                    + "."
-                )
+        check_multimodal_input(image, self.spatial_dims, self.num_modalities, self.size_divisor, "CMCNet", "")
 
     def _encode(self, image: torch.Tensor) -> list[list[torch.Tensor]]:
         """Per-modality ``[skip_0, ..., skip_{L-2}, attended_bottleneck]`` lists."""

@@ -24,6 +24,8 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from .input_checks import check_multimodal_input
+
 __all__ = ["DecoupledMultiModalNet"]
 
 
@@ -155,31 +157,7 @@ class DecoupledMultiModalNet(nn.Module):
         return self.networks[modality]
 
     def _check_input(self, image: torch.Tensor) -> None:
-        if image.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                "DecoupledMultiModalNet expects input of shape (B, M, *spatial) with "
-                + str(self.spatial_dims)
-                + " spatial dims, got "
-                + str(image.dim())
-                + " dims."
-            )
-        if image.shape[1] != self.num_modalities:
-            raise ValueError(
-                "DecoupledMultiModalNet expects "
-                + str(self.num_modalities)
-                + " input channels (one per modality; fill a missing one with zeros), got "
-                + str(image.shape[1])
-                + "."
-            )
-        for d in range(self.spatial_dims):
-            if image.shape[d + 2] % self.size_divisor[d] != 0:
-                raise ValueError(
-                    "DecoupledMultiModalNet spatial size "
-                    + str(image.shape[2:])
-                    + " must be divisible by the product of strides "
-                    + str(self.size_divisor)
-                    + "."
-                )
+        check_multimodal_input(image, self.spatial_dims, self.num_modalities, self.size_divisor, "DecoupledMultiModalNet", "; fill a missing one with zeros")
 
     def forward_modalities(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """
