@@ -29,10 +29,11 @@ CONFIGS = REPO_ROOT / "bundle" / "configs"
 
 def _command(method: str, fraction: float, run_dir: Path, overrides: dict) -> list[str]:
     configs = [str(CONFIGS / "train.yaml")]
-    override_file = CONFIGS / f"{method}.yaml"
-    if not override_file.is_file():
-        raise FileNotFoundError(f"no override config for method '{method}': {override_file}")
-    configs.append(str(override_file))
+    for name in method.split("+"):  # e.g. "semicml+supervised": Semi-CML's network, supervised only
+        override_file = CONFIGS / f"{name}.yaml"
+        if not override_file.is_file():
+            raise FileNotFoundError(f"no override config for method '{name}': {override_file}")
+        configs.append(str(override_file))
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
            "--labeled_fraction", str(fraction), "--output_dir", str(run_dir), "--ckpt_dir", str(run_dir)]
     for key, value in overrides.items():
@@ -63,7 +64,8 @@ def main(
     """Train every method at every labeled fraction and tabulate validation Dice.
 
     Args:
-        methods: method names; each needs `bundle/configs/<method>.yaml`.
+        methods: method names; each needs `bundle/configs/<method>.yaml`. `a+b` layers several
+            overrides, e.g. `semicml+supervised` trains Semi-CML's network on labeled data only.
         fractions: labeled fractions of the `training` list, in (0, 1].
         output: Markdown table to write (a `.json` with the same stem is written beside it).
         runs_dir: parent folder of the runs' outputs and checkpoints.
