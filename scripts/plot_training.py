@@ -99,8 +99,8 @@ def plot_validation(scalars: dict, path: str, key: str = "val_mean_dice") -> str
     if key in scalars:
         steps, values = scalars[key]
         best = int(np.argmax(values))
-        ax.annotate(f"best {values[best]:.3f} (epoch {steps[best]})", (steps[best], values[best]),
-                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        ax.plot([steps[best]], [values[best]], marker="*", markersize=12, color="tab:red",
+                label=f"best {values[best]:.3f} (epoch {steps[best]})", linestyle="none")
     ax.set_xlabel("epoch")
     ax.set_ylabel("Dice")
     ax.set_title("validation")
