@@ -1,0 +1,405 @@
+"""Tests of the dataset preparation tool scripts/prepare_datalist.py (tiny synthetic layouts)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from scripts.data.datalist import load_datalist
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOOL = REPO_ROOT / "scripts" / "prepare_datalist.py"
+SHARED_MYOPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "myops"
+SPLITS = ("training", "unlabeled", "validation", "testing")
+
+_spec = importlib.util.spec_from_file_location("prepare_datalist_tool", TOOL)
+prep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prep)
+
+MYOPS_CODES = np.array([0, 200, 500, 600, 1220, 2221], dtype=np.int16)
+
+
+def _nii(path: Path, data: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 10.0, 1.0])), str(path))
+    return path
+
+
+def _image(shape=(8, 8, 2)) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+
+def _myops_label() -> np.ndarray:
+    label = np.zeros((8, 8, 2), dtype=np.int16)
+    label.flat[: len(MYOPS_CODES)] = MYOPS_CODES  # one voxel of every MyoPS code
+    return label
+
+
+def _make_myops(root: Path, n_labeled: int = 10, n_unlabeled: int = 3) -> Path:
+    for i in range(n_labeled):
+        case = f"Case30{i:02d}"
+        for seq in ("C0", "LGE", "T2"):
+            _nii(root / "labeled" / case / f"{case}_{seq}.nii.gz", _image())
+        _nii(root / "labeled" / case / f"{case}_gd.nii.gz", _myops_label())
+    for i in range(n_unlabeled):
+        case = f"Case40{i:02d}"
+        for seq in ("C0", "LGE", "T2"):
+            _nii(root / "unlabeled" / case / f"{case}_{seq}.nii.gz", _image())
+    return root
+
+
+def _ids(datalist: dict) -> dict[str, list[str]]:
+    return {s: [c["case"] for c in datalist.get(s, [])] for s in SPLITS}
+
+
+def _assert_disjoint(ids: dict[str, list[str]]) -> None:
+    flat = [c for s in SPLITS for c in ids[s]]
+    assert len(flat) == len(set(flat)), ids
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# MyoPS
+
+
+def test_myops_default_mapping_splits_and_loads(tmp_path):
+    data = _make_myops(tmp_path / "myops")
+    gd = data / "labeled" / "Case3000" / "Case3000_gd.nii.gz"
+    before = _sha(gd)
+    out = tmp_path / "out" / "datalist.json"
+    prep.myops(str(data), output=str(out), num_validation=2, num_testing=2, labeled_fraction=0.5, seed=0)
+
+    content = json.loads(out.read_text())
+    assert content["modalities"] == ["c0", "lge", "t2"]
+    assert content["labels"] == {"background": 0, "lv_myocardium": 1, "lv_blood_pool": 2, "rv_blood_pool": 3}
+    ids = _ids(content)
+    assert len(ids["validation"]) == 2 and len(ids["testing"]) == 2
+    assert len(ids["training"]) == 3  # round(0.5 * 6) of the 6 training cases stay labeled
+    assert len(ids["unlabeled"]) == 3 + 3  # 3 moved without label + 3 from unlabeled/
+    assert all("label" not in c for c in content["unlabeled"])
+    _assert_disjoint(ids)
+    expected = [f"Case30{i:02d}" for i in range(10)] + [f"Case40{i:02d}" for i in range(3)]
+    assert sorted(c for s in SPLITS for c in ids[s]) == sorted(expected)
+
+    # remapped labels: 200, 1220, 2221 -> 1, 500 -> 2, 600 -> 3; input untouched
+    case = content["training"][0]
+    label_file = out.parent / case["label"]
+    assert label_file.parent == out.parent / "labels"
+    remapped = np.asanyarray(nib.load(str(label_file)).dataobj)
+    assert remapped.dtype == np.uint8
+    assert remapped.flat[: len(MYOPS_CODES)].tolist() == [0, 1, 2, 3, 1, 1]
+    np.testing.assert_allclose(nib.load(str(label_file)).affine, np.diag([0.7, 0.7, 10.0, 1.0]))
+    assert _sha(gd) == before
+    # only cases that keep a label get a label file
+    written = sorted(p.name for p in (out.parent / "labels").iterdir())
+    assert written == sorted(f"{c}_label.nii.gz" for s in ("training", "validation", "testing") for c in ids[s])
+
+    loaded = load_datalist(str(out))
+    assert len(loaded["training"]) == 3 and len(loaded["training"][0]["image"]) == 3
+
+
+def test_myops_keep_pathology(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=4, n_unlabeled=0)
+    out = tmp_path / "dl.json"
+    prep.myops(str(data), output=str(out), keep_pathology=True, num_validation=1, num_testing=0)
+    content = json.loads(out.read_text())
+    assert content["labels"] == {
+        "background": 0, "normal_myocardium": 1, "lv_blood_pool": 2, "rv_blood_pool": 3, "edema": 4, "scar": 5,
+    }
+    remapped = np.asanyarray(nib.load(str(out.parent / content["validation"][0]["label"])).dataobj)
+    assert remapped.flat[: len(MYOPS_CODES)].tolist() == [0, 1, 2, 3, 4, 5]
+    assert content["unlabeled"] == []
+    load_datalist(str(out))
+
+
+def test_myops_deterministic_by_seed(tmp_path):
+    data = _make_myops(tmp_path / "myops")
+    args = dict(num_validation=2, num_testing=2, labeled_fraction=0.5)
+    a, b, c = (tmp_path / x / "datalist.json" for x in "abc")
+    prep.myops(str(data), output=str(a), seed=3, **args)
+    prep.myops(str(data), output=str(b), seed=3, **args)
+    prep.myops(str(data), output=str(c), seed=4, **args)
+    assert a.read_text() == b.read_text()
+    for label in (a.parent / "labels").iterdir():
+        assert _sha(label) == _sha(b.parent / "labels" / label.name)
+    assert _ids(json.loads(a.read_text())) != _ids(json.loads(c.read_text()))
+
+
+def test_myops_labeled_fraction_nested_and_matches_loader(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=12, n_unlabeled=0)
+    full, small = tmp_path / "full" / "d.json", tmp_path / "small" / "d.json"
+    prep.myops(str(data), output=str(full), num_validation=2, num_testing=0, seed=1)
+    prep.myops(str(data), output=str(small), num_validation=2, num_testing=0, seed=1, labeled_fraction=0.3)
+    kept = set(_ids(json.loads(small.read_text()))["training"])
+    assert len(kept) == 3  # round(0.3 * 10)
+    # the same rule as the bundle's loader: preparing with a fraction == loading with it
+    via_loader = load_datalist(str(full), labeled_fraction=0.3, split_seed=1)
+    assert kept == {c["case"] for c in via_loader["training"]}
+
+
+def test_myops_missing_files_reported_together(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=4, n_unlabeled=2)
+    (data / "labeled" / "Case3001" / "Case3001_C0.nii.gz").unlink()
+    (data / "labeled" / "Case3002" / "Case3002_gd.nii.gz").unlink()
+    (data / "unlabeled" / "Case4001" / "Case4001_LGE.nii.gz").unlink()
+    out = tmp_path / "out" / "datalist.json"
+    with pytest.raises(prep.PreparationError) as info:
+        prep.myops(str(data), output=str(out), num_validation=1, num_testing=0)
+    message = str(info.value)
+    assert "3 problems" in message
+    assert "Case3001_C0.nii.gz" in message and str(data / "labeled" / "Case3001") in message
+    assert "Case3002_gd.nii.gz" in message and "label" in message
+    assert "Case4001_LGE.nii.gz" in message and "unlabeled case 'Case4001'" in message
+    assert not out.exists() and not (out.parent / "labels").exists()
+
+
+def test_myops_unknown_label_code_reported(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=3, n_unlabeled=0)
+    label = _myops_label()
+    label[0, 0, 1] = 7
+    _nii(data / "labeled" / "Case3002" / "Case3002_gd.nii.gz", label)
+    with pytest.raises(prep.PreparationError, match=r"Case3002.*unknown codes \[7\]"):
+        prep.myops(str(data), output=str(tmp_path / "d.json"), num_validation=1, num_testing=0)
+
+
+def test_myops_refuses_overwrite_and_input_targets(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=4, n_unlabeled=0)
+    out = tmp_path / "d.json"
+    prep.myops(str(data), output=str(out), num_validation=1, num_testing=0)
+    first = out.read_text()
+    with pytest.raises(prep.PreparationError, match="already exists; pass --overwrite"):
+        prep.myops(str(data), output=str(out), num_validation=1, num_testing=1)
+    assert out.read_text() == first
+    prep.myops(str(data), output=str(out), num_validation=1, num_testing=1, overwrite=True)
+    assert len(json.loads(out.read_text())["testing"]) == 1
+    # an output that is an input file is refused, even with --overwrite
+    c0 = data / "labeled" / "Case3000" / "Case3000_C0.nii.gz"
+    before = _sha(c0)
+    with pytest.raises(prep.PreparationError, match="is one of the input files"):
+        prep.myops(str(data), output=str(c0), num_validation=1, num_testing=0, overwrite=True)
+    assert _sha(c0) == before
+
+
+def test_split_arguments_validated(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=4, n_unlabeled=0)
+    with pytest.raises(prep.PreparationError) as info:
+        prep.myops(str(data), output=str(tmp_path / "d.json"), num_validation=1, validation_fraction=0.2,
+                   num_testing=4, labeled_fraction=0)
+    message = str(info.value)
+    assert "not both" in message and "--labeled_fraction" in message and "no training case" in message
+
+
+def test_split_cases_is_order_independent():
+    ids = [f"c{i}" for i in range(20)]
+    a = prep.split_cases(ids, 3, 4, seed=5)
+    b = prep.split_cases(list(reversed(ids)), 3, 4, seed=5)
+    assert a == b
+    assert prep.split_cases(ids, 6, 4, seed=5)["testing"] == a["testing"]
+    assert sorted(a["training"] + a["validation"] + a["testing"]) == sorted(ids)
+
+
+def test_cli_runs_from_another_folder(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=4, n_unlabeled=1)
+    out = tmp_path / "cli" / "datalist.json"
+    cmd = [sys.executable, str(TOOL), "myops", "--data_dir", str(data), "--output", str(out),
+           "--num_validation", "1", "--num_testing", "1", "--modalities", "[c0,lge]"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["modalities"] == ["c0", "lge"]
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.skipif(not SHARED_MYOPS.is_dir(), reason=f"real MyoPS data not found at {SHARED_MYOPS}")
+def test_myops_on_shared_data(tmp_path):
+    out = tmp_path / "datalist.json"
+    prep.myops(str(SHARED_MYOPS), output=str(out), num_validation=5, num_testing=5, seed=0)
+    content = json.loads(out.read_text())
+    ids = _ids(content)
+    assert len(ids["training"]) + len(ids["validation"]) + len(ids["testing"]) == 30
+    assert len(ids["unlabeled"]) == 25
+    _assert_disjoint(ids)
+    label_file = out.parent / content["training"][0]["label"]
+    assert label_file.parent == tmp_path / "labels"
+    values = set(np.unique(np.asanyarray(nib.load(str(label_file)).dataobj)).tolist())
+    assert values <= {0, 1, 2, 3} and {1, 2, 3} & values
+    loaded = load_datalist(str(out))
+    assert len(loaded["unlabeled"]) == 25
+
+
+# ---------------------------------------------------------------------------------------------
+# BraTS
+
+
+def _make_brats2013(root: Path, n: int = 5, t2_in: int = 3) -> Path:
+    for i in range(n):
+        folder = root / f"brats_2013_pat{i:04d}_1"
+        _nii(folder / "Flair_subtrMeanDivStd.nii.gz", _image())
+        _nii(folder / "T1c_subtrMeanDivStd.nii.gz", _image())
+        _nii(folder / "brainmask.nii.gz", np.ones((8, 8, 2), np.uint8))
+        if i < t2_in:
+            _nii(folder / "T2_subtrMeanDivStd.nii.gz", _image())
+        _nii(folder / "OTMultiClass.nii.gz", (np.arange(128).reshape(8, 8, 2) % 5).astype(np.uint8))
+    return root
+
+
+def test_brats2013_keeps_codes_and_optional_modalities(tmp_path):
+    data = _make_brats2013(tmp_path / "brats")
+    out = tmp_path / "d.json"
+    prep.brats2013(str(data), output=str(out), num_validation=1, num_testing=1)
+    content = json.loads(out.read_text())
+    assert content["modalities"] == ["flair", "t1c"]  # t2 only in some cases: left out
+    assert content["labels"]["enhancing_tumour"] == 4
+    assert content["training"][0]["label"].endswith("OTMultiClass.nii.gz")  # referenced in place
+    _assert_disjoint(_ids(content))
+    assert len(load_datalist(str(out))["training"]) == 3
+    with pytest.raises(prep.PreparationError) as info:
+        prep.brats2013(str(data), output=str(tmp_path / "e.json"), modalities=["flair", "t1c", "t2"])
+    assert "brats_2013_pat0003_1" in str(info.value) and "T2_subtrMeanDivStd.nii.gz" in str(info.value)
+    assert "brats_2013_pat0004_1" in str(info.value) and "2 problems" in str(info.value)
+
+
+@pytest.mark.parametrize("naming", ["2023", "2021"])
+def test_brats2021_naming_and_unlabeled(tmp_path, naming):
+    root = tmp_path / "brats"
+    suffixes = ["t1n", "t1c", "t2w", "t2f"] if naming == "2023" else ["t1", "t1ce", "t2", "flair"]
+    sep = "-" if naming == "2023" else "_"
+    et = 3 if naming == "2023" else 4
+    for i in range(5):
+        case = f"BraTS-GLI-{i:05d}-000" if naming == "2023" else f"BraTS2021_{i:05d}"
+        for s in suffixes:
+            _nii(root / case / f"{case}{sep}{s}.nii.gz", _image())
+        if i < 4:
+            _nii(root / case / f"{case}{sep}seg.nii.gz", np.array([0, 1, 2, et] * 32, np.uint8).reshape(8, 8, 2))
+    out = tmp_path / "d.json"
+    with pytest.raises(prep.PreparationError, match="missing label .*seg.nii.gz"):
+        prep.brats2021(str(root), output=str(out), num_validation=1, num_testing=0)
+    kwargs = {"label_map": {4: 3}} if naming == "2021" else {}
+    prep.brats2021(str(root), output=str(out), num_validation=1, num_testing=0, allow_unlabeled=True, **kwargs)
+    content = json.loads(out.read_text())
+    assert content["modalities"] == ["t1n", "t1c", "t2w", "t2f"]
+    assert content["labels"]["enhancing_tumour"] == 3
+    assert len(content["unlabeled"]) == 1 and len(content["training"]) == 3
+    label = out.parent / content["training"][0]["label"]
+    assert set(np.unique(np.asanyarray(nib.load(str(label)).dataobj)).tolist()) == {0, 1, 2, 3}
+    assert (label.parent == out.parent / "labels") == (naming == "2021")
+    load_datalist(str(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# MSD and AMOS
+
+
+def _make_msd(root: Path, n: int = 5, channels: int = 4) -> Path:
+    training = []
+    for i in range(n):
+        _nii(root / "imagesTr" / f"BRATS_{i:03d}.nii.gz", _image((8, 8, 2, channels)))
+        _nii(root / "labelsTr" / f"BRATS_{i:03d}.nii.gz", (np.arange(128).reshape(8, 8, 2) % 4).astype(np.uint8))
+        training.append({"image": f"./imagesTr/BRATS_{i:03d}.nii.gz", "label": f"./labelsTr/BRATS_{i:03d}.nii.gz"})
+    _nii(root / "imagesTs" / "BRATS_900.nii.gz", _image((8, 8, 2, channels)))
+    meta = {
+        "name": "BRATS", "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "training": training, "test": ["./imagesTs/BRATS_900.nii.gz"],
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_msd_single_multichannel_file(tmp_path):
+    data = _make_msd(tmp_path / "Task01_BrainTumour")
+    out = data / "datalist.json"
+    prep.msd(str(data), num_validation=1, num_testing=1)
+    content = json.loads(out.read_text())
+    assert content["modalities"] == ["flair", "t1w", "t1gd", "t2w"]
+    assert content["labels"] == {"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3}
+    assert content["training"][0]["image"].startswith("imagesTr/")
+    assert [c["case"] for c in content["unlabeled"]] == ["BRATS_900"]
+    loaded = load_datalist(str(out))
+    assert isinstance(loaded["training"][0]["image"], str)
+
+
+def test_msd_problems_reported(tmp_path):
+    data = _make_msd(tmp_path / "Task01", channels=3)
+    (data / "labelsTr" / "BRATS_002.nii.gz").unlink()
+    with pytest.raises(prep.PreparationError) as info:
+        prep.msd(str(data), num_validation=1, num_testing=0)
+    message = str(info.value)
+    assert "labelsTr/BRATS_002.nii.gz" in message and "file not found" in message
+    assert "expected 4 channel(s)" in message
+    with pytest.raises(prep.PreparationError, match="dataset.json not found"):
+        prep.msd(str(tmp_path / "nowhere"))
+
+
+def _make_amos(root: Path, n_ct: int = 7, n_mri: int = 4) -> Path:
+    ids = [f"amos_{i:04d}" for i in range(1, n_ct + 1)] + [f"amos_{500 + i:04d}" for i in range(1, n_mri + 1)]
+    for scan in ids:
+        _nii(root / "imagesTr" / f"{scan}.nii.gz", _image())
+        _nii(root / "labelsTr" / f"{scan}.nii.gz", (np.arange(128).reshape(8, 8, 2) % 16).astype(np.uint8))
+    _nii(root / "imagesTs" / "amos_0100.nii.gz", _image())
+    _nii(root / "imagesTs" / "amos_0600.nii.gz", _image())
+    return root
+
+
+@pytest.mark.parametrize("pairing", ["cycle", "truncate"])
+def test_amos_pairs_without_leakage(tmp_path, pairing):
+    data = _make_amos(tmp_path / "amos")
+    out = tmp_path / "d.json"
+    prep.amos(str(data), output=str(out), pairing=pairing, num_validation=1, num_testing=1, seed=2)
+    content = json.loads(out.read_text())
+    assert content["modalities"] == ["ct", "mri"] and content["pairing"]["mode"] == pairing
+    scan_split: dict[str, str] = {}
+    for split in SPLITS:
+        for case in content[split]:
+            ct, mri = case["case"].split("+")
+            assert int(ct.split("_")[1]) < 500 <= int(mri.split("_")[1])
+            assert case["ct"].endswith(f"{ct}.nii.gz") and case["mri"].endswith(f"{mri}.nii.gz")
+            if split != "unlabeled":
+                assert case["label"] == {"ct": f"amos/labelsTr/{ct}.nii.gz", "mri": f"amos/labelsTr/{mri}.nii.gz"}
+            for scan in (ct, mri):
+                assert scan_split.setdefault(scan, split) == split  # a scan never in two splits
+    ct_training = {c["case"].split("+")[0] for c in content["training"]}
+    if pairing == "cycle":
+        assert len(ct_training) == 5  # 7 CT - 1 validation - 1 testing, each used once
+        assert len(content["training"]) == 5
+    else:
+        assert len(content["training"]) == 2  # min(5 CT, 2 MRI)
+    loaded = load_datalist(str(out))
+    assert len(loaded["training"][0]["label"]) == 2
+    again = tmp_path / "again.json"
+    prep.amos(str(data), output=str(again), pairing=pairing, num_validation=1, num_testing=1, seed=2)
+    assert again.read_text() == out.read_text()
+
+
+def test_amos_missing_label_reported(tmp_path):
+    data = _make_amos(tmp_path / "amos")
+    (data / "labelsTr" / "amos_0502.nii.gz").unlink()
+    (data / "imagesTr" / "amos_0003.nii.gz").unlink()
+    with pytest.raises(prep.PreparationError) as info:
+        prep.amos(str(data), output=str(tmp_path / "d.json"))
+    message = str(info.value)
+    assert "amos_0502" in message and "missing label" in message
+    assert "labelsTr/amos_0003.nii.gz has no image" in message
+
+
+def test_cli_boolean_flags_as_text(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=4, n_unlabeled=0)
+    out = tmp_path / "d.json"
+    assert prep.main(["myops", "--data_dir", str(data), "--output", str(out), "--num_validation", "1",
+                      "--num_testing", "0", "--keep_pathology", "false"]) == 0
+    assert "edema" not in json.loads(out.read_text())["labels"]
+    assert prep.main(["myops", "--data_dir", str(data), "--output", str(out), "--num_validation", "1",
+                      "--num_testing", "0", "--keep_pathology", "true", "--overwrite", "true"]) == 0
+    assert json.loads(out.read_text())["labels"]["scar"] == 5
+    assert prep.main(["myops", "--data_dir", str(data), "--output", str(out), "--overwrite", "maybe"]) == 2
