@@ -24,12 +24,17 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.config import KeysCollection
-from monai.handlers import HausdorffDistance, MeanDice, SurfaceDistance, from_engine
+from monai.data import MetaTensor
+from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
+from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
 from monai.transforms import MapTransform
 
 __all__ = [
     "METRICS",
     "EvaluationReport",
+    "PhysicalHausdorffDistanceMetric",
+    "PhysicalSurfaceDistanceMetric",
+    "voxel_spacing",
     "SplitHeadsd",
     "head_keys",
     "labeled_cases",
@@ -81,14 +86,50 @@ class SplitHeadsd(MapTransform):
         return d
 
 
+def voxel_spacing(image: Any) -> list[float] | None:
+    """Voxel size (mm) of a batched ``(1, K, *spatial)`` MetaTensor, from its affine; ``None`` if unknown."""
+    affine = getattr(image, "affine", None) if isinstance(image, MetaTensor) else None
+    if affine is None:
+        return None
+    a = torch.as_tensor(affine, dtype=torch.float64).cpu()
+    if a.ndim == 3:  # batched affine
+        a = a[0]
+    d = image.ndim - 2
+    if a.shape[0] != d + 1:
+        return None
+    return [float(v) for v in torch.sqrt((a[:d, :d] ** 2).sum(dim=0))]
+
+
+class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
+    """
+    ``HausdorffDistanceMetric`` in millimetres: every case's distances use the voxel size read from
+    the affine of its prediction (a MetaTensor, as MONAI's transforms return it), so that a 1.5 mm x
+    1.5 mm x 12 mm cardiac grid and a 1 mm isotropic brain grid are both reported in mm. A
+    prediction without an affine is measured in voxels. Takes the arguments of the MONAI metric.
+    """
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        kwargs.setdefault("spacing", voxel_spacing(y_pred))
+        return super()._compute_tensor(y_pred, y, **kwargs)
+
+
+class PhysicalSurfaceDistanceMetric(SurfaceDistanceMetric):
+    """``SurfaceDistanceMetric`` in millimetres, per case, as :class:`PhysicalHausdorffDistanceMetric`."""
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        kwargs.setdefault("spacing", voxel_spacing(y_pred))
+        return super()._compute_tensor(y_pred, y, **kwargs)
+
+
 def segmentation_metrics(
     heads: Sequence[str], label_key: str = "label", pred_key: str = "pred", include_background: bool = False
 ) -> dict[str, Any]:
     """
     MONAI metric handlers of every head: ``<head>_dice`` (``MeanDice``), ``<head>_hd95``
-    (``HausdorffDistance(percentile=95)``) and ``<head>_asd`` (``SurfaceDistance(symmetric=True)``),
+    (95th-percentile Hausdorff distance) and ``<head>_asd`` (average symmetric surface distance),
     each averaged over cases and classes, with per-case, per-class values saved in
-    ``engine.state.metric_details`` for :class:`EvaluationReport`. Distances are in voxels.
+    ``engine.state.metric_details`` for :class:`EvaluationReport`. Distances are in millimetres,
+    from each case's voxel size (:class:`PhysicalHausdorffDistanceMetric`).
 
     Args:
         heads: head names, the fused prediction first (see :func:`head_keys` for their keys).
@@ -102,11 +143,15 @@ def segmentation_metrics(
         metrics[metric_name(head, "dice")] = MeanDice(
             include_background=include_background, output_transform=transform, save_details=True
         )
-        metrics[metric_name(head, "hd95")] = HausdorffDistance(
-            include_background=include_background, percentile=95, output_transform=transform, save_details=True
+        metrics[metric_name(head, "hd95")] = IgniteMetricHandler(
+            metric_fn=PhysicalHausdorffDistanceMetric(include_background=include_background, percentile=95),
+            output_transform=transform,
+            save_details=True,
         )
-        metrics[metric_name(head, "asd")] = SurfaceDistance(
-            include_background=include_background, symmetric=True, output_transform=transform, save_details=True
+        metrics[metric_name(head, "asd")] = IgniteMetricHandler(
+            metric_fn=PhysicalSurfaceDistanceMetric(include_background=include_background, symmetric=True),
+            output_transform=transform,
+            save_details=True,
         )
     return metrics
 
@@ -304,7 +349,7 @@ class EvaluationReport:
             "metrics": {k: v for k, v in METRICS.items() if any(k in m for m in table.values())},
             "classes": self.class_names,
             "num_cases": len(self.case_ids),
-            "distance_unit": "voxel",
+            "distance_unit": "mm",
             "summary": summary,
             "cases": cases,
         }
@@ -335,7 +380,7 @@ class EvaluationReport:
         header = f"{'head':<{width}}  " + "  ".join(
             f"{METRICS[m] + ' mean':>10}  " + " ".join(f"{c[:8]:>8}" for c in self.class_names) for m in metrics
         )
-        lines = [f"evaluation summary ({len(self.case_ids)} cases; distances in voxels)", header, "-" * len(header)]
+        lines = [f"evaluation summary ({len(self.case_ids)} cases; distances in mm)", header, "-" * len(header)]
         for head, per_metric in summary.items():
             cells = []
             for m in metrics:
