@@ -193,3 +193,52 @@ def test_cardiac_train_and_evaluate_on_myops(tmp_path):
     assert report["num_cases"] == 2 and report["distance_unit"] == "mm"
     assert 0.0 <= report["summary"]["fused"]["dice"]["mean"] <= 1.0
     assert set(report["heads"]) == {"fused", "c0", "lge", "t2"}
+
+
+# ---------------------------------------------------------------------------------------------
+# volume inference
+
+
+def _describe(transforms) -> list[tuple]:
+    """Type and main arguments of each transform (keys aside: inference has no label)."""
+    out = []
+    for t in transforms:
+        args = {}
+        for name in ("pixdim", "lower", "upper", "b_min", "b_max", "clip", "channel_wise", "min_ratio"):
+            if hasattr(t, name):
+                args[name] = getattr(t, name)
+        for inner in ("spacing_transform", "cropper", "padder", "scaler"):
+            obj = getattr(t, inner, None)
+            for name in ("pixdim", "roi_size", "spatial_size", "lower", "upper", "clip", "channel_wise"):
+                if obj is not None and hasattr(obj, name):
+                    value = getattr(obj, name)
+                    args[f"{inner}.{name}"] = value.tolist() if hasattr(value, "tolist") else value
+        out.append((type(t).__name__, repr(args)))
+    return out
+
+
+def test_cardiac_inference_preprocessing_matches_training_validation():
+    inference = ConfigParser()
+    inference.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "cardiac_inference.yaml")])
+    validation = _cardiac_parser().get_parsed_content("validate#preprocessing").transforms
+    infer = inference.get_parsed_content("preprocessing").transforms
+    # inference reads one file per modality or one multi-channel file; what follows the reading is the same
+    assert _describe(infer[3:]) == _describe(validation[2:])
+    for key in ("roi_size", "class_names", "modalities", "spatial_dims"):
+        assert inference[key] == _cardiac_parser()[key], key
+    assert type(inference.get_parsed_content("inferer")).__name__ == "SliceInferer"
+
+
+def test_cardiac_inference_writes_each_volume_on_its_own_grid(tmp_path):
+    case = _write_case(tmp_path, "vol", with_label=False)
+    inference = ConfigParser()
+    inference.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "cardiac_inference.yaml")])
+    (tmp_path / "models").mkdir()
+    torch.save(inference.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    run_bundle(["run", "--config_file", config_files("inference.yaml", "cardiac_inference.yaml"),
+                "--image", json.dumps([case["c0"], case["lge"], case["t2"]]),
+                "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out")])
+    seg = nib.load(str(tmp_path / "out" / "vol_seg.nii.gz"))
+    source = nib.load(case["c0"])
+    assert seg.shape == source.shape and np.allclose(seg.affine, source.affine)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}
