@@ -242,3 +242,18 @@ def test_cardiac_inference_writes_each_volume_on_its_own_grid(tmp_path):
     source = nib.load(case["c0"])
     assert seg.shape == source.shape and np.allclose(seg.affine, source.affine)
     assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2, 3}
+
+
+def test_cardiac_misalignment_switch_moves_sequences_in_plane_only():
+    off = _cardiac_parser().get_parsed_content("train#preprocessing").transforms
+    assert "RandModalityMisalignd" not in [type(t).__name__ for t in off]
+    on = _cardiac_parser(misalign_train="true", misalign_max_shift_mm=4.0, misalign_max_rotation_deg=7.0)
+    for pipeline in ("train#preprocessing", "train#unlabeled_preprocessing"):
+        transforms = on.get_parsed_content(pipeline).transforms
+        names = [type(t).__name__ for t in transforms]
+        index = names.index("RandModalityMisalignd")
+        # on the volume, after intensity normalisation and before the slices are sampled
+        assert names[index - 1] == "NormalizeIntensityd" and names[index + 1].startswith("Rand")
+        misalign = transforms[index]
+        assert list(misalign.max_shift_mm) == [4.0, 4.0, 0.0]  # no shift across slices
+        assert list(misalign.max_rotation_deg) == [0.0, 0.0, 7.0]  # rotation about the slice axis only

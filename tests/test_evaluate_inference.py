@@ -248,8 +248,9 @@ def test_inference_config_stands_alone_and_matches_training_defaults():
         assert infer.get(key) == train.get(key), key
     assert infer.get("inferer") == train.get("validate#inferer")
     names = lambda transforms: [t["_target_"].split(".")[-1] for t in transforms]  # noqa: E731
-    assert names(infer.get("preprocessing#transforms"))[-3:] == names(train.get("validate#preprocessing#transforms"))[-3:]
-    assert infer.get("preprocessing#transforms")[-1] == train.get("validate#preprocessing#transforms")[-1]
+    validation = train.get("validate#load") + train.get("validate#transforms")
+    assert names(infer.get("preprocessing#transforms"))[-3:] == names(validation)[-3:]
+    assert infer.get("preprocessing#transforms")[-1] == validation[-1]
     # outputs go under the bundle by default, never next to the inputs
     assert infer.get("output_dir") == "$@bundle_root + '/eval'"
 

@@ -26,6 +26,7 @@ class ValidationMetricsWriter:
     Attach it to the evaluator. After each round the file ``filename`` holds the latest metrics, the
     best key metric with its epoch, and the history of every round. Per-class metrics (tensors) are
     written as ``{class_name: value}`` when ``class_names`` is given. The file is replaced atomically.
+    ``state_dict``/``load_state_dict`` carry the history through a resumed training run.
 
     Args:
         filename: path of the JSON file (its folder is created).
@@ -41,6 +42,14 @@ class ValidationMetricsWriter:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history of validation rounds (plain numbers, lists and dicts), for the training-state checkpoint."""
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the history, so that a resumed run's ``metrics.json`` also lists the rounds before it."""
+        self.history = list(state_dict["history"])
 
     def _named(self, value: Any) -> Any:
         value = _plain(value)
@@ -67,9 +76,16 @@ class ValidationMetricsWriter:
         folder = os.path.dirname(os.path.abspath(self.filename))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metrics-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f, indent=2)
-        os.replace(tmp, self.filename)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(content, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.filename)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
         if key is not None and isinstance(content[key], float):
             self.logger.info(
                 f"epoch {record['epoch']}: {key} = {content[key]:.4f} "

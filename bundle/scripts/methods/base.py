@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..networks.wrapped_network import forward_modality_heads, has_modality_heads
+
 __all__ = ["StepOutput", "SemiSupervisedMethod"]
 
 
@@ -73,10 +75,14 @@ class SemiSupervisedMethod(nn.Module):
     @staticmethod
     def forward_heads(network: nn.Module, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-modality logits and bottleneck features of a multimodal network (``forward_modalities``),
-        or ``[network(batch)]`` and no features for any other network."""
-        if hasattr(network, "forward_modalities"):
-            logits, features = network.forward_modalities(batch)
-            return list(logits), list(features)
+        or ``[network(batch)]`` and no features for any other network.
+
+        A network wrapped in ``DistributedDataParallel`` is called as ``network(batch, heads=True)``,
+        through the wrapper, so that its gradients are synchronised (see
+        :func:`scripts.networks.wrapped_network.forward_modality_heads`).
+        """
+        if has_modality_heads(network):
+            return forward_modality_heads(network, batch)
         return [network(batch)], []
 
     def forward_joint(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..networks.wrapped_network import unwrap_network
 from .base import SemiSupervisedMethod, StepOutput
 
 __all__ = ["MeanTeacherMethod"]
@@ -38,6 +39,10 @@ class MeanTeacherMethod(SemiSupervisedMethod):
     (``supervised_loss(list_of_logits, label)``, e.g. ``MultiHeadSupervisedLoss``) and the
     predictions compared by the consistency term are the mean logits of the heads (what
     ``network(image)`` returns); any other network is used through ``network(image)``.
+
+    Under ``DistributedDataParallel`` the student is called through the wrapper (gradients are
+    synchronised) and the teacher is a copy of the wrapped network; every rank applies the same EMA
+    update to the same synchronised weights, so the teachers stay identical across ranks.
 
     The teacher is created in :meth:`setup` (a deep copy of the network, frozen) and is part of the
     method's ``state_dict`` together with the update counter, so training resumes exactly; to load a
@@ -72,8 +77,7 @@ class MeanTeacherMethod(SemiSupervisedMethod):
 
     def setup(self, network: nn.Module) -> None:
         """Create the teacher as a frozen deep copy of the (unwrapped) network."""
-        if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            network = network.module
+        network = unwrap_network(network)
         if self.teacher is None:
             teacher = copy.deepcopy(network)
             for p in teacher.parameters():
@@ -106,8 +110,7 @@ class MeanTeacherMethod(SemiSupervisedMethod):
         """EMA update of the teacher from the student's current weights."""
         if self.teacher is None:
             return
-        if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            network = network.module
+        network = unwrap_network(network)
         decay = min(1.0 - 1.0 / (float(self.ema_updates) + 1.0), self.ema_decay)
         for t, s in zip(self.teacher.parameters(), network.parameters()):
             t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed.module_broadcast import broadcast_module_state, broadcast_object, is_distributed
+from ..networks.wrapped_network import unwrap_network
 from .base import SemiSupervisedMethod, StepOutput
 
 __all__ = ["SemiCMLMethod", "average_state_dicts", "strongest_modality", "stochastic_pseudo_labels"]
@@ -113,12 +115,6 @@ def stochastic_pseudo_labels(
     return total / passes
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    """The module inside a ``DataParallel`` / ``DistributedDataParallel`` wrapper, else the network."""
-    return network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
-
-
-
 def _has_dropout(module: nn.Module) -> bool:
     """Whether the module contains a dropout layer with a positive probability."""
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
@@ -152,7 +148,8 @@ class SemiCMLMethod(SemiSupervisedMethod):
 
       with ``L_soft`` Dice + CE against the soft target (``SoftDiceCELoss``).
 
-    The teacher is built at the first iteration of the prel stage and then stays fixed. Snapshots
+    The teacher is built at the first iteration of the prel stage and then stays fixed (under
+    ``torch.distributed``, every rank then takes rank 0's teacher and modality choice). Snapshots
     are only recorded during the mutual stage. Without unlabeled data both stages train the
     supervised term only.
 
@@ -232,7 +229,7 @@ class SemiCMLMethod(SemiSupervisedMethod):
     # ------------------------------------------------------------------ set-up and state
     def setup(self, network: nn.Module) -> None:
         """Check the network and create the (frozen) teacher as a copy of modality 0's network."""
-        network = _unwrap(network)
+        network = unwrap_network(network)
         for attribute in ("forward_modalities", "modality_network", "num_modalities"):
             if not hasattr(network, attribute):
                 raise TypeError(
@@ -302,7 +299,7 @@ class SemiCMLMethod(SemiSupervisedMethod):
             per_modality_dice: validation Dice of every modality network, in modality order.
             network: the trained multimodal network.
         """
-        network = _unwrap(network)
+        network = unwrap_network(network)
         if len(per_modality_dice) != self.num_modalities:
             raise ValueError(f"expected {self.num_modalities} per-modality scores, got {len(per_modality_dice)}.")
         if self.stage != MUTUAL:
@@ -323,7 +320,7 @@ class SemiCMLMethod(SemiSupervisedMethod):
 
     def build_teacher(self, network: nn.Module) -> None:
         """Start the prel stage: average the strongest modality's top-K snapshots into the teacher."""
-        network = _unwrap(network)
+        network = unwrap_network(network)
         if self.teacher is None:
             self.setup(network)
         assert self.teacher is not None
@@ -346,6 +343,12 @@ class SemiCMLMethod(SemiSupervisedMethod):
                 f"best Dice per modality {[round(s, 4) for s in scores]}."
             )
         self.teacher.load_state_dict(state)
+        if is_distributed():
+            # every rank normally makes the same choice (identical weights, validation metrics
+            # gathered over all ranks); rank 0's teacher is imposed anyway, so that the ranks can
+            # never train against different teachers
+            self.teacher_modality = int(broadcast_object(self.teacher_modality))
+            broadcast_module_state(self.teacher)
         self.stage = PREL
         if self.prel_passes > 1 and self.prel_noise_std == 0 and not _has_dropout(self.teacher):
             logger.warning("Semi-CML: the teacher has no dropout and prel_noise_std is 0; its passes are identical.")

@@ -264,7 +264,8 @@ class CMCNet(nn.Module):
     (point-wise conv + norm + act, ``2C -> C``; the merge layer belongs to the decoder and is
     shared with it when ``share_decoder=True``), with skip connections from that modality's own
     encoder, ending in an ``out_channels`` head. :meth:`forward` returns the mean of the modality
-    heads' logits; :meth:`forward_modalities` returns every head's logits and attended bottleneck
+    heads' logits; :meth:`forward_modalities` (or ``forward(image, heads=True)``, the form that goes
+    through a ``DistributedDataParallel`` wrapper) returns every head's logits and attended bottleneck
     features for the training losses (e.g. modality-collaborative contrastive / consistency terms).
 
     The modality heads interact only through the fused feature: perturbing modality ``j`` changes
@@ -421,13 +422,24 @@ class CMCNet(nn.Module):
                 logits.append(decoder(attended[m], fused, enc[m][:-1]))
         return logits, attended
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, heads: bool = False) -> torch.Tensor:
         """
         Args:
             image: input of shape ``(B, M, *spatial)``, one channel per modality.
+            heads: if True, return what :meth:`forward_modalities` returns (every head's logits and
+                attended bottleneck features) instead of the fused logits. Training uses it so that
+                the call goes through a ``DistributedDataParallel`` wrapper's ``forward`` (which
+                synchronises the gradients); calling ``wrapper.module.forward_modalities`` would
+                bypass it. Python only: a TorchScript module raises when it is True (call its
+                ``forward_modalities`` instead).
 
         Returns:
-            logits of shape ``(B, out_channels, *spatial)``: the mean of the ``M`` modality heads.
+            logits of shape ``(B, out_channels, *spatial)``: the mean of the ``M`` modality heads;
+            with ``heads=True`` the ``(logits, features)`` pair of :meth:`forward_modalities`.
         """
+        if heads:
+            if not torch.jit.is_scripting():
+                return self.forward_modalities(image)  # type: ignore[return-value]
+            raise RuntimeError("CMCNet: heads=True is not available in TorchScript; call forward_modalities().")
         logits, _ = self.forward_modalities(image)
         return torch.stack(logits, dim=0).mean(dim=0)

@@ -33,8 +33,9 @@ class DecoupledMultiModalNet(nn.Module):
     """
     ``M`` independent single-channel segmentation networks (MONAI ``UNet``), one per modality.
 
-    :meth:`forward_modalities` runs every modality network on its own channel and returns the
-    ``M`` logits (the training losses of Semi-CML, Mean Teacher and the supervised baseline use
+    :meth:`forward_modalities` (or ``forward(image, heads=True)``, the form that goes through a
+    ``DistributedDataParallel`` wrapper) runs every modality network on its own channel and returns
+    the ``M`` logits (the training losses of Semi-CML, Mean Teacher and the supervised baseline use
     them). :meth:`forward` returns the mean logits over ``available_modalities`` only, so that a
     case lacking a modality is segmented from the others: the missing channel may hold anything
     (e.g. zeros filled in by the caller) and has no influence on the output.
@@ -179,16 +180,27 @@ class DecoupledMultiModalNet(nn.Module):
         features: list[torch.Tensor] = []
         return logits, features
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, heads: bool = False) -> torch.Tensor:
         """
         Args:
             image: input of shape ``(B, M, *spatial)``, one channel per modality; the channels of
                 modalities outside ``available_modalities`` are never read.
+            heads: if True, return what :meth:`forward_modalities` returns (every modality network's
+                logits, all modalities) instead of the mean. Training uses it so that the call goes
+                through a ``DistributedDataParallel`` wrapper's ``forward`` (which synchronises the
+                gradients). Python only: a TorchScript module raises when it is True.
 
         Returns:
             logits of shape ``(B, out_channels, *spatial)``: the mean of the available modality
-            networks' logits.
+            networks' logits; with ``heads=True`` the ``(logits, features)`` pair of
+            :meth:`forward_modalities`.
         """
+        if heads:
+            if not torch.jit.is_scripting():
+                return self.forward_modalities(image)  # type: ignore[return-value]
+            raise RuntimeError(
+                "DecoupledMultiModalNet: heads=True is not available in TorchScript; call forward_modalities()."
+            )
         self._check_input(image)
         logits: list[torch.Tensor] = []
         for m, network in enumerate(self.networks):
