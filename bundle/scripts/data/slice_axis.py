@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.transforms import InvertibleTransform, MapTransform, Orientation
 from nibabel.orientations import aff2axcodes
 
@@ -36,7 +37,7 @@ def through_plane_axis(affine: np.ndarray | torch.Tensor, min_ratio: float = 1.5
     """
     a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     d = a.shape[0] - 1
-    spacing = np.sqrt((a[:d, :d] ** 2).sum(axis=0))
+    spacing = affine_to_spacing(a, r=d, suppress_zeros=False)
     order = np.argsort(spacing)
     if d < 2 or spacing[order[-1]] < min_ratio * spacing[order[-2]]:
         return None

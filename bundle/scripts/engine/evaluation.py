@@ -25,6 +25,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
 from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
 from monai.transforms import MapTransform
@@ -97,7 +98,7 @@ def voxel_spacing(image: Any) -> list[float] | None:
     d = image.ndim - 2
     if a.shape[0] != d + 1:
         return None
-    return [float(v) for v in torch.sqrt((a[:d, :d] ** 2).sum(dim=0))]
+    return [float(v) for v in affine_to_spacing(a, r=d, suppress_zeros=False)]
 
 
 class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
