@@ -203,8 +203,8 @@ def _assert_same(a, b, where=""):
 
 
 def test_methods_stay_synchronised_under_ddp(tmp_path):
-    # fork (where available): the workers start at once, without importing torch and MONAI again
-    start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # spawn, not fork: a child forked after torch's thread pools started can deadlock on their locks
+    start_method = "spawn"
     mp.start_processes(
         _ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True, start_method=start_method
     )

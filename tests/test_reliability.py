@@ -476,8 +476,8 @@ def _random_states_in_process_group(rank: int, world_size: int, folder: str) -> 
 
 
 def test_random_states_of_every_process_in_distributed_training(tmp_path):
-    # forked, not spawned: the processes need nothing this one has not imported already
+    # spawned, not forked: a child forked after torch's thread pools started can deadlock on their locks
     torch.multiprocessing.start_processes(_random_states_in_process_group, args=(2, str(tmp_path)), nprocs=2,
-                                          start_method="fork")
+                                          start_method="spawn")
     saved = torch.load(tmp_path / "state.pt", weights_only=True)
     assert not torch.equal(saved["per_rank"][0]["torch"], saved["per_rank"][1]["torch"])
