@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -35,6 +38,15 @@ def test_commands_layer_base_and_method_configs(tmp_path):
     assert evaluate[evaluate.index("--eval_split") + 1] == "testing"
     with pytest.raises(FileNotFoundError, match="no config 'nope'"):
         bench.commands("nope", 0.2, "/d/datalist.json", [], tmp_path, 0, {})
+    # a fixed split seed: the labeled subset stays, the initialisation changes with the seed
+    train, evaluate = bench.commands("cmc", 0.2, "/d/datalist.json", [], tmp_path, 3, {}, split_seed=7,
+                                     test_datalist="/e/external.json")
+    assert train[train.index("--seed") + 1] == "3" and train[train.index("--split_seed") + 1] == "7"
+    assert evaluate[evaluate.index("--split_seed") + 1] == "7"
+    # an external test set: evaluation reads it, training does not
+    assert train[train.index("--datalist_file") + 1] == "/d/datalist.json"
+    assert evaluate[evaluate.index("--datalist_file") + 1] == "/e/external.json"
+    assert evaluate[evaluate.index("--output_dir") + 1].endswith("test_external")
 
 
 def _summary(dice: float) -> dict:
@@ -43,23 +55,65 @@ def _summary(dice: float) -> dict:
     return {"fused": {"dice": per_class, "hd95": hd}, "m1": {"dice": dict(per_class, mean=dice / 2), "hd95": hd}}
 
 
-def test_table_reports_share_of_full_supervision(tmp_path):
-    rows = [
-        {"method": "supervised", "labeled_fraction": 1.0, "num_labeled": 10, "test": _summary(0.8),
-         "best_val_mean_dice": 0.81, "train_s": 10.0, "eval_s": 2.0, "train_command": "t1", "eval_command": "e1"},
-        {"method": "cmc", "labeled_fraction": 0.2, "num_labeled": 2, "test": _summary(0.6),
-         "best_val_mean_dice": 0.62, "train_s": 20.0, "eval_s": 2.0, "train_command": "t2", "eval_command": "e2"},
-    ]
-    text = bench.write_table(rows, tmp_path / "t.md", title="seed 0")
-    lines = text.splitlines()
-    header = next(line for line in lines if line.startswith("| method"))
-    assert "Dice a" in header and "HD95 b" in header and "Dice m1 head" in header and "undefined" not in header
-    cmc = next(line for line in lines if line.startswith("| cmc"))
-    assert "| 20% (2) | 0.600 | 0.500 | 0.700 |" in cmc
-    assert "75.0%" in cmc  # 0.6 / 0.8
-    assert "| 0.300 |" in cmc  # the m1 head's mean Dice
-    assert "t2" in text and "e2" in text
-    assert json.loads((tmp_path / "t.json").read_text()) == rows
+def _row(method, fraction, seed, case_dice):
+    mean = sum(case_dice.values()) / len(case_dice)
+    return {"method": method, "labeled_fraction": fraction, "num_labeled": 2, "seed": seed, "split_seed": seed,
+            "test": _summary(mean), "case_dice": case_dice, "num_test_cases": len(case_dice),
+            "best_val_mean_dice": 0.5, "best_epoch": 1, "train_s": 10.0, "eval_s": 1.0,
+            "train_command": f"t {method} {fraction} {seed}", "eval_command": f"e {method} {fraction} {seed}"}
+
+
+def test_paired_difference_against_a_hand_computation():
+    base = [_row("sup", 0.2, 0, {"a": 0.5, "b": 0.6, "c": 0.7}), _row("sup", 0.2, 1, {"a": 0.4, "b": 0.6, "c": 0.8})]
+    meth = [_row("ws", 0.2, 0, {"a": 0.6, "b": 0.6, "c": 0.9}), _row("ws", 0.2, 1, {"a": 0.5, "b": 0.7, "c": 0.8}),
+            _row("ws", 0.2, 2, {"a": 0.9, "b": 0.9, "c": 0.9})]  # seed 2 has no baseline: not paired
+    d = bench.paired_difference(meth, base, num_bootstrap=4000)
+    diffs = [0.1, 0.0, 0.2, 0.1, 0.1, 0.0]
+    assert d["num_pairs"] == 6 and d["num_cases"] == 3 and d["seeds"] == [0, 1]
+    assert d["mean"] == pytest.approx(sum(diffs) / 6)
+    assert d["per_seed"] == {"0": pytest.approx(0.1), "1": pytest.approx(0.2 / 3)}
+    assert d["win_rate"] == pytest.approx(4 / 6)
+    # case means 0.1, 0.05, 0.1: every bootstrap mean lies between 0.05 and 0.1
+    low, high = d["ci95"]
+    assert 0.05 - 1e-9 <= low <= d["mean"] <= high <= 0.1 + 1e-9 and low < high
+    # identical runs: a zero difference with a zero-width interval
+    same = bench.paired_difference(base, base, num_bootstrap=100)
+    assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0]
+    assert bench.paired_difference(meth[2:], base) is None
+
+
+def test_report_gives_mean_std_over_seeds_share_of_full_and_paired_ci(tmp_path):
+    rows = [_row("sup", 1.0, 0, {"a": 0.8, "b": 0.8}), _row("sup", 1.0, 1, {"a": 0.8, "b": 0.8}),
+            _row("sup", 0.2, 0, {"a": 0.5, "b": 0.6}), _row("sup", 0.2, 1, {"a": 0.6, "b": 0.7}),
+            _row("ws", 0.2, 0, {"a": 0.7, "b": 0.7}), _row("ws", 0.2, 1, {"a": 0.7, "b": 0.9})]
+    text = bench.write_report(rows, tmp_path / "t.md", title="two seeds", baseline="sup", num_bootstrap=1000)
+    ws = next(line for line in text.splitlines() if line.startswith("| ws | 20%"))
+    # seed means 0.7 and 0.8: mean 0.75, sample std 0.0707; 0.75 / 0.8 = 93.75% of full supervision
+    assert "| 0,1 | 0.750 ± 0.071 |" in ws and "93.8%" in ws
+    assert "+15.0 [" in ws  # paired differences 0.2, 0.1, 0.1, 0.2
+    assert "+15.0 +15.0" in ws and "100% of 4" in ws
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved["runs"] == rows and saved["baseline"] == "sup"
+    entry = next(s for s in saved["summary"] if s["method"] == "ws")
+    assert entry["vs_baseline"]["mean"] == pytest.approx(0.15)
+    assert "t ws 0.2 1" in text and "e ws 0.2 1" in text  # every command is in the report
+
+
+def test_timer_counts_the_time_before_a_resume(tmp_path):
+    first = bench._Timer(tmp_path, "train_s")
+    first.before = 100.0  # as if 100 s had been spent already
+    first.save()
+    again = bench._Timer(tmp_path, "train_s")
+    assert again.before >= 100.0 and again.attempts == 2
+    assert again.save() >= 100.0
+
+
+def test_help_prints_help():
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--help"],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PAGER="cat"))
+    text = proc.stdout + proc.stderr  # fire writes its help to stderr when not on a terminal
+    assert proc.returncode == 0, text
+    assert "--seeds" in text and "--split_seed" in text and "--test_datalist" in text
 
 
 def test_benchmark_trains_evaluates_and_skips_done_runs(tmp_path, capsys):
@@ -67,14 +121,18 @@ def test_benchmark_trains_evaluates_and_skips_done_runs(tmp_path, capsys):
                             synthetic=TINY_SYNTHETIC)
     assert data["testing"]
     datalist = tmp_path / "data" / "datalist.json"
-    kwargs = dict(datalist=str(datalist), runs=["supervised@1.0"], output=str(tmp_path / "bench" / "b.md"),
-                  epochs=1, iterations_per_epoch=2, val_interval=1, roi_size=[32, 32], batch_size=2)
-    rows = bench.main(**kwargs)
-    assert len(rows) == 1 and rows[0]["num_test_cases"] == len(data["testing"])
+    kwargs = dict(datalist=str(datalist), runs=["supervised@1.0"], seeds=[0, 1], output=str(tmp_path / "bench" / "b.md"),
+                  epochs=1, iterations_per_epoch=2, val_interval=1, roi_size=[32, 32], batch_size=2, jobs=2)
+    rows = bench.run_benchmark(**kwargs)
+    assert [r["seed"] for r in rows] == [0, 1]
+    assert all(r["num_test_cases"] == len(data["testing"]) == len(r["case_dice"]) for r in rows)
     assert 0.0 <= rows[0]["test"]["fused"]["dice"]["mean"] <= 1.0
+    out = capsys.readouterr().out
+    assert "live log" in out and "train.log" in out and out.count(": done, test mean Dice") == 2
     text = (tmp_path / "bench" / "b.md").read_text()
-    assert "| supervised | 100% (4) |" in text and "100.0%" in text and "--eval_split testing" in text
-    capsys.readouterr()
-    again = bench.main(**kwargs)  # same commands: kept, not retrained
-    assert "already done" in capsys.readouterr().out
+    assert "| supervised | 100% (4) | 0,1 |" in text and "100.0%" in text and "--eval_split testing" in text
+    timing = json.loads((tmp_path / "bench" / "supervised_1_seed0" / "benchmark_time.json").read_text())
+    assert timing["train_s"] == rows[0]["train_s"]
+    again = bench.run_benchmark(**kwargs)  # same commands: kept, not retrained
+    assert capsys.readouterr().out.count("already done") == 2
     assert again == rows
