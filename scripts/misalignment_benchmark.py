@@ -109,9 +109,12 @@ def parse_methods(methods: Any) -> list[dict]:
     return parsed
 
 
-def misalignment_levels(shifts: Sequence[float], rotations: Sequence[float]) -> list[dict]:
+def misalignment_levels(
+    shifts: Sequence[float], rotations: Sequence[float], drop_sequences: Sequence[int] = ()
+) -> list[dict]:
     """The aligned level first, then every non-zero shift (no rotation), then every non-zero rotation
-    (no shift): ``[{"name", "shift_mm", "rotation_deg"}]``."""
+    (no shift), then one level per dropped sequence (that channel zeroed, aligned otherwise):
+    ``[{"name", "shift_mm", "rotation_deg", "dropped"}]``."""
     def values(name: str, v: Any) -> list[float]:
         out = [float(x) for x in ([v] if isinstance(v, (int, float)) else v)]
         if not all(math.isfinite(x) for x in out):
@@ -125,6 +128,12 @@ def misalignment_levels(shifts: Sequence[float], rotations: Sequence[float]) -> 
     for r in dict.fromkeys(values("rotations", rotations)):
         if r != 0:
             levels.append({"name": f"rotation_{r:g}deg", "shift_mm": 0.0, "rotation_deg": r})
+    for level in levels:
+        level["dropped"] = []
+    for m in dict.fromkeys(int(i) for i in ([drop_sequences] if isinstance(drop_sequences, int) else drop_sequences)):
+        if m < 0:
+            raise ValueError(f"drop_sequences are channel indices >= 0, got {m}.")
+        levels.append({"name": f"without_{m}", "shift_mm": 0.0, "rotation_deg": 0.0, "dropped": [m]})
     return levels
 
 
@@ -151,6 +160,7 @@ def evaluate(
     from monai.bundle import ConfigParser
 
     from scripts.data.misalignment import ModalityMisalignd
+    from scripts.data.strong_views import DropSequencesd
 
     parser = ConfigParser()
     parser.read_config(method["configs"])
@@ -177,6 +187,9 @@ def evaluate(
         )
         preprocessing = parser.get_parsed_content("validate#preprocessing")
         parser["validate#dataset#transform"] = with_misalignment(preprocessing, misalignment)
+    if level.get("dropped"):
+        preprocessing = parser.get_parsed_content("validate#preprocessing")
+        parser["validate#dataset#transform"] = with_misalignment(preprocessing, DropSequencesd("image", level["dropped"]))
     run_dir.mkdir(parents=True, exist_ok=True)
     if "initialize" in parser:
         parser.get_parsed_content("initialize")
@@ -198,6 +211,8 @@ def _cell(value: float | None) -> str:
 def _level_header(level: Mapping) -> str:
     if level["name"] == "aligned":
         return "aligned"
+    if level.get("dropped"):
+        return "without sequence " + ",".join(map(str, level["dropped"]))
     if level["shift_mm"]:
         return f"shift {level['shift_mm']:g} mm"
     return f"rotation {level['rotation_deg']:g}°"
@@ -205,7 +220,7 @@ def _level_header(level: Mapping) -> str:
 
 def dice_drop(row: Mapping[str, float], levels: Sequence[Mapping], at_mm: float) -> float | None:
     """Dice at 0 mm minus Dice at a shift of ``at_mm`` (None when that shift was not evaluated)."""
-    at = [lv["name"] for lv in levels if lv["shift_mm"] == at_mm and not lv["rotation_deg"]]
+    at = [lv["name"] for lv in levels if lv["shift_mm"] == at_mm and not lv["rotation_deg"] and not lv.get("dropped")]
     if not at or "aligned" not in row or at[0] not in row:
         return None
     return row["aligned"] - row[at[0]]
@@ -233,7 +248,8 @@ def plot(results: Mapping[str, Mapping[str, float]], levels: Sequence[Mapping], 
     for method, row in results.items():
         for ax, key in zip(axes, ("shift_mm", "rotation_deg")):
             other = "rotation_deg" if key == "shift_mm" else "shift_mm"
-            points = sorted((lv[key], row[lv["name"]]) for lv in levels if not lv[other] and lv["name"] in row)
+            points = sorted((lv[key], row[lv["name"]]) for lv in levels
+                            if not lv[other] and not lv.get("dropped") and lv["name"] in row)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
     axes[0].set_xlabel("shift of the non-reference modalities (mm)")
     axes[1].set_xlabel("rotation of the non-reference modalities (degrees)")
@@ -257,6 +273,7 @@ def main(
     reference_modality: int = 0,
     drop_at_mm: float = 5.0,
     num_overlays: int = 0,
+    drop_sequences: Sequence[int] = (),
     **overrides: Any,
 ) -> None:
     """Evaluate every method at every misalignment level; write and print the table and the plot.
@@ -273,10 +290,11 @@ def main(
         reference_modality: channel index of the modality that never moves (the label's grid).
         drop_at_mm: shift at which the Dice drop relative to 0 mm is reported.
         num_overlays: overlay PNGs per evaluation (evaluate.yaml's ``num_overlays``).
+        drop_sequences: channel indices; each is also evaluated zeroed (a missing sequence), aligned.
         overrides: config overrides for every evaluation, e.g. ``--dataset_dir /data/x``.
     """
     parsed = parse_methods(methods)
-    levels = misalignment_levels(shifts, rotations)
+    levels = misalignment_levels(shifts, rotations, drop_sequences)
     out = Path(output_dir).expanduser().resolve()
     inputs = {os.path.realpath(p) for m in parsed for p in [*m["configs"], m["checkpoint"]]}
     for key in ("datalist_file",):

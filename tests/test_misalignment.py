@@ -279,6 +279,8 @@ def test_benchmark_inserts_after_normalisation():
         assert [type(t).__name__ for t in preprocessing.transforms][-2:] == ["NormalizeIntensityd", "ModalityMisalignd"]
     levels = mb.misalignment_levels([0, 2, 5], [0, 10])
     assert [lv["name"] for lv in levels] == ["aligned", "shift_2mm", "shift_5mm", "rotation_10deg"]
+    levels = mb.misalignment_levels([0], [0], drop_sequences=[2, 0])
+    assert [(lv["name"], lv["dropped"]) for lv in levels] == [("aligned", []), ("without_2", [2]), ("without_0", [0])]
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         mb.parse_methods([{"name": "a", "configs": ["train.yaml"], "checkpoint": "/nonexistent/model.pt"}])
     with pytest.raises(ValueError, match="name"):
@@ -295,16 +297,17 @@ def test_benchmark_smoke(model_trained_with_misalignment, tmp_path):
     ]
     out = tmp_path / "bench"
     mb.main(
-        methods, output_dir=str(out), shifts=[0, 5], rotations=[10], eval_split="testing",
+        methods, output_dir=str(out), shifts=[0, 5], rotations=[10], eval_split="testing", drop_sequences=[1],
         synthetic_dir=str(tiny / "data"), synthetic=TINY_SYNTHETIC, roi_size=[32, 32],
     )
     table = (out / "misalignment_benchmark.md").read_text()
-    for text in ("| cmc |", "| supervised |", "aligned", "shift 5 mm", "rotation 10°", "Dice drop at 5 mm"):
+    for text in ("| cmc |", "| supervised |", "aligned", "shift 5 mm", "rotation 10°", "Dice drop at 5 mm",
+                 "without sequence 1"):
         assert text in table
     results = json.loads((out / "misalignment_benchmark.json").read_text())
     for method in ("cmc", "supervised"):
         row = results["fused_mean_dice"][method]
-        assert set(row) == {"aligned", "shift_5mm", "rotation_10deg"}
+        assert set(row) == {"aligned", "shift_5mm", "rotation_10deg", "without_1"}
         assert all(0.0 <= v <= 1.0 for v in row.values())
         assert results["dice_drop"][method] == pytest.approx(row["aligned"] - row["shift_5mm"])
         assert (out / "runs" / method / "shift_5mm" / "metrics.json").is_file()

@@ -13,6 +13,7 @@ from bundle_runner import run_bundle, tiny_train_args
 from scripts.data.strong_views import (
     BatchModalityMisalignment,
     BoxCutMix,
+    DropSequencesd,
     SequenceDropout,
     SequenceIntensityPerturbation,
     StrongView,
@@ -106,6 +107,15 @@ def test_intensity_perturbation_is_independent_per_sequence():
             slopes.append(a)
     assert len({round(s, 6) for s in slopes}) == 6, "each case and sequence gets its own contrast"
     assert torch.equal(SequenceIntensityPerturbation(prob=0.0)(image), image)
+
+
+def test_drop_sequences_transform_zeroes_the_named_channels_only():
+    image = torch.randn(3, 4, 4) + 5
+    out = DropSequencesd("image", [1])({"image": image})["image"]
+    assert torch.count_nonzero(out[1]) == 0 and torch.equal(out[[0, 2]], image[[0, 2]])
+    assert torch.count_nonzero(image[1]) > 0, "the input is not modified"
+    with pytest.raises(ValueError, match="no sequence"):
+        DropSequencesd("image", [3])({"image": image})
 
 
 def test_batch_misalignment_keeps_the_reference_sequence():
@@ -309,3 +319,55 @@ def test_two_iteration_bundle_run(tmp_path, configs):
     text = proc.stdout + proc.stderr
     assert "loss_unsup" in text and "stat_confident" in text
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+# ---------------------------------------------------------------- CMC with strong views
+def _cmc_strong(strong_weight=0.3, view=None):
+    from scripts.losses import AnatomicalConsistencyLoss, ChannelSemanticConsistencyLoss
+    from scripts.methods.cmc_strong_views import CMCStrongViewMethod
+
+    return CMCStrongViewMethod(
+        supervised_loss=MultiHeadSupervisedLoss(), csc_loss=ChannelSemanticConsistencyLoss(temperature=0.5),
+        cac_loss=AnatomicalConsistencyLoss(), csc_weight=SigmoidRampUp(0.1, length=0),
+        cac_weight=SigmoidRampUp(0.5, length=0), strong_view=view if view is not None else StrongView(),
+        strong_weight=SigmoidRampUp(strong_weight, length=0),
+    )
+
+
+def _soft_dice_loss_by_hand(a_logits, b_logits):
+    a, b = torch.softmax(a_logits.double(), 1), torch.softmax(b_logits.double(), 1)
+    inter = (a * b).sum(dim=(2, 3))
+    return float((1 - (2 * inter + 1e-5) / ((a**2).sum(dim=(2, 3)) + (b**2).sum(dim=(2, 3)) + 1e-5)).mean())
+
+
+def test_cmc_strong_views_adds_the_weighted_cross_view_term():
+    torch.manual_seed(0)
+    net = CMCNet(spatial_dims=2, num_modalities=2, out_channels=3, channels=(4, 8))
+    image, label, unlabeled = torch.randn(2, 2, 8, 8), torch.randint(0, 3, (2, 1, 8, 8)).float(), torch.randn(2, 2, 8, 8)
+    view = StrongView(intensity=SequenceIntensityPerturbation(prob=1.0))
+    method = _cmc_strong(0.3, view)
+    torch.manual_seed(7)
+    out = method.step(net, image, label, unlabeled, epoch=1.0)
+    # independent computation: plain CMC, then the same strong view (same draws) and the pair losses
+    torch.manual_seed(7)
+    plain = super(type(method), method).step(net, image, label, unlabeled, epoch=1.0)
+    net.eval()
+    with torch.no_grad():
+        weak, _ = net.forward_modalities(unlabeled)
+    net.train()
+    strong_image = view(unlabeled)[0]
+    with torch.no_grad():
+        strong, _ = net.forward_modalities(strong_image)
+    cross = np.mean([_soft_dice_loss_by_hand(s, w) for s in strong for w in weak])
+    assert float(out.terms["loss_cac_strong"]) == pytest.approx(cross, rel=1e-4)
+    assert float(out.loss) == pytest.approx(float(plain.loss) + 0.3 * cross, rel=1e-4)
+    for wrong in (float(plain.loss) - 0.3 * cross, float(plain.loss), 0.3 * cross):
+        assert abs(float(out.loss) - wrong) > 1e-4
+    assert {"loss_sup", "loss_csc", "loss_cac", "loss_cac_strong"} <= set(out.terms)
+    out.loss.backward()
+    assert float(net.fusion.proj.conv.weight.grad.abs().sum()) > 0
+
+
+def test_cmc_strong_views_bundle_run(tmp_path):
+    proc = run_bundle(tiny_train_args(tmp_path, "train.yaml", "cmc_strong_views.yaml", iterations=2))
+    assert "loss_cac_strong" in proc.stdout + proc.stderr

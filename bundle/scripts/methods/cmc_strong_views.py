@@ -1,0 +1,80 @@
+# Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.strong_views import StrongView
+from .base import StepOutput
+from .cmc import CMCMethod
+
+__all__ = ["CMCStrongViewMethod"]
+
+
+class CMCStrongViewMethod(CMCMethod):
+    """
+    CMC (:class:`~scripts.methods.cmc.CMCMethod`, unchanged) plus anatomical consistency between
+    views: every modality head's prediction on a strong view of the unlabeled batch must agree with
+    every head's prediction on the weak view (the unlabeled batch as loaded)::
+
+        L = L_CMC + w_strong(epoch) * mean_{a, b} L_cac(strong_a, weak_b)
+
+    where ``strong_a`` are head ``a``'s logits on ``strong_view(u)`` and ``weak_b`` head ``b``'s logits
+    on ``u`` (no gradient, network in eval mode), moved with the strong view (CutMix boxes), so that
+    both describe the same voxels. ``L_cac`` is CMC's own consistency loss (``1 -`` soft Dice of the
+    probability maps). The weak view is the target, as in FixMatch; the pairs ``a == b`` ask a head to
+    be invariant to the perturbation, the pairs ``a != b`` ask the modalities to agree across views.
+    Sequence dropout and misalignment in the strong view make the heads of the remaining sequences
+    carry the anatomy alone.
+
+    Args:
+        strong_view: builds the strong view and moves the weak predictions with it.
+        strong_weight: schedule ``epoch -> weight`` of the cross-view term.
+        supervised_loss, csc_loss, cac_loss, csc_weight, cac_weight, semi_start_epoch, ...: as
+            :class:`~scripts.methods.cmc.CMCMethod`.
+    """
+
+    def __init__(
+        self,
+        supervised_loss: nn.Module,
+        csc_loss: nn.Module,
+        cac_loss: nn.Module,
+        csc_weight: Callable[[float], float],
+        cac_weight: Callable[[float], float],
+        strong_view: StrongView,
+        strong_weight: Callable[[float], float],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(supervised_loss, csc_loss, cac_loss, csc_weight, cac_weight, **kwargs)
+        self.strong_view = strong_view
+        self.strong_weight = strong_weight
+
+    @torch.no_grad()
+    def weak_predictions(self, network: nn.Module, unlabeled: torch.Tensor) -> list[torch.Tensor]:
+        """Every head's logits on the weak view, network in eval mode, without gradient."""
+        was_training = network.training
+        network.eval()
+        try:
+            logits, _ = self.forward_heads(network, unlabeled)
+        finally:
+            network.train(was_training)
+        return [x.detach() for x in logits]
+
+    def cross_view_consistency(self, strong: list[torch.Tensor], weak: list[torch.Tensor]) -> torch.Tensor:
+        """Mean CAC over every (strong head, weak head) pair."""
+        return torch.stack([self.cac_loss([s, w]) for s in strong for w in weak]).mean()
+
+    def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
+        out = super().step(network, image, label, unlabeled, epoch)
+        weight = float(self.strong_weight(epoch)) if unlabeled is not None and epoch >= self.semi_start_epoch else 0.0
+        if weight == 0.0:
+            return out
+        weak = self.weak_predictions(network, unlabeled)
+        strong_image, *weak_moved = self.strong_view(unlabeled, *weak)
+        strong, _ = self.forward_heads(network, strong_image)
+        cross = self.cross_view_consistency(strong, weak_moved)
+        terms = dict(out.terms, loss_cac_strong=cross, weight_cac_strong=weight)
+        return StepOutput(loss=out.loss + weight * cross, terms=terms, pred=out.pred)
