@@ -136,3 +136,17 @@ def test_benchmark_trains_evaluates_and_skips_done_runs(tmp_path, capsys):
     again = bench.run_benchmark(**kwargs)  # same commands: kept, not retrained
     assert capsys.readouterr().out.count("already done") == 2
     assert again == rows
+
+
+def test_thread_benchmark_reports_every_setting(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_threads", REPO_ROOT / "scripts" / "bench_threads.py")
+    threads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(threads)
+    assert threads._parse_setting("1x2") == (1, 2) and threads._parse_setting(2) == (2, 1)
+    resolve_datalist(None, None, ["t1", "t2", "flair"], str(tmp_path / "data"), spatial_dims=2, synthetic=TINY_SYNTHETIC)
+    result = threads.main(str(tmp_path / "data" / "datalist.json"), configs=[], settings=["1", "1x2"], iterations=3,
+                          repeats=1, roi_size=[32, 32], batch_size=2)
+    assert set(result) == {"1", "1x2"}
+    assert all(r["seconds_per_iteration"] > 0 for r in result.values())
+    assert result["1"]["speed_vs_first"] == 1.0
+    assert "| 1x2 |" in capsys.readouterr().out
