@@ -352,6 +352,7 @@ def run_benchmark(
     title: str = "",
     num_bootstrap: int = 10000,
     seed: int | None = None,
+    include: Sequence[str] | str = (),
     **overrides,
 ) -> list[dict]:
     """Train and evaluate every requested run; returns every run's row (see the module docstring).
@@ -374,6 +375,9 @@ def run_benchmark(
         title: a line written above the tables.
         num_bootstrap: bootstrap resamples of the confidence intervals.
         seed: a single seed (the same as `--seeds "[seed]"`).
+        include: JSON reports of other benchmark runs (e.g. run at the same time on another
+            machine) whose runs join this report, not rerun; with nothing else to run, the report
+            is only merged.
         overrides: further config overrides for every run, e.g. `--epochs 40 --num_threads 1`.
     """
     datalist = str(Path(datalist).resolve())
@@ -387,7 +391,8 @@ def run_benchmark(
     if not seed_list:
         raise ValueError("give at least one seed (--seeds).")
     pairs = plan_runs(_as_list(methods), [float(f) for f in _as_list(fractions)], _as_list(runs))
-    if not pairs:
+    included = [row for path in _as_list(include) for row in _previous_runs(Path(path).resolve())]
+    if not pairs and not included:
         raise ValueError("nothing to run: give --methods and --fractions, or --runs 'method@fraction'.")
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}.")
@@ -404,6 +409,8 @@ def run_benchmark(
     def report() -> None:
         with lock:
             rows = [results[i] for i in sorted(results)]
+            own = {(r["train_command"], r["eval_command"]) for r in rows}
+            rows += [r for r in included if (r["train_command"], r["eval_command"]) not in own]
             write_report(rows, out, title, baseline, num_bootstrap, info)
 
     def one(index: int) -> None:
@@ -449,7 +456,7 @@ def run_benchmark(
     report()
     rows = [results[i] for i in sorted(results)]
     print(out.read_text())
-    return rows
+    return rows + [r for r in included if r not in rows]
 
 
 if __name__ == "__main__":

@@ -136,6 +136,10 @@ def test_benchmark_trains_evaluates_and_skips_done_runs(tmp_path, capsys):
     again = bench.run_benchmark(**kwargs)  # same commands: kept, not retrained
     assert capsys.readouterr().out.count("already done") == 2
     assert again == rows
+    # another report's runs merged into a new one, without running anything
+    merged = bench.run_benchmark(datalist=str(datalist), include=[str(tmp_path / "bench" / "b.json")],
+                                 output=str(tmp_path / "merged" / "m.md"))
+    assert merged == rows and "| supervised | 100% (4) | 0,1 |" in (tmp_path / "merged" / "m.md").read_text()
 
 
 def test_thread_benchmark_reports_every_setting(tmp_path, capsys):
