@@ -14,10 +14,11 @@ from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
 from torch import nn
 
+import method_references as ref
 from scripts.engine.modality_validation import ModalityValidationHandler
 from scripts.losses import AreaSimilarityContrastiveLoss, MultiHeadSupervisedLoss, MutualConsistencyLoss, SoftDiceCELoss
 from scripts.methods import SemiCMLMethod, average_state_dicts, stochastic_pseudo_labels, strongest_modality
-from scripts.methods.rampup import ConstantWeight
+from scripts.methods.rampup import ConstantWeight, SigmoidRampUp
 from scripts.networks import DecoupledMultiModalNet
 
 TINY = {"channels": (4, 8), "strides": (2,), "num_res_units": 1}
@@ -422,3 +423,146 @@ def test_modality_validation_scores_each_modality_network_separately(caplog):
     assert strongest_modality(recorder.calls[0][1]) == 0
     with pytest.raises(ValueError):
         ModalityValidationHandler(loader, SimpleInferer(), num_classes=3, interval=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the total loss of both stages and the pseudo-labels against independent computations (float64)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _double_batch():
+    g = torch.Generator().manual_seed(4)
+    image = torch.randn(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    label = torch.randint(0, 3, (2, 1, 16, 16), generator=g)
+    unlabeled = torch.randn(3, 3, 16, 16, generator=g, dtype=torch.float64)
+    return image, label, unlabeled
+
+
+def _no_dropout(module):
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mutual_stage_total_loss_matches_independently_computed_terms(reduction):
+    torch.manual_seed(0)
+    net = tiny_net(dropout=0.0).double()
+    method = SemiCMLMethod(
+        supervised_loss=MultiHeadSupervisedLoss(reduction=reduction),
+        asc_loss=AreaSimilarityContrastiveLoss(),
+        mutual_loss=MutualConsistencyLoss(),
+        pseudo_label_loss=SoftDiceCELoss(),
+        asc_weight=ConstantWeight(0.8),
+        mse_weight=SigmoidRampUp(20.0, length=4.0),
+        mutual_epochs=10.0,
+    )
+    method.setup(net)
+    image, label, unlabeled = _double_batch()
+    out = method.step(net, image, label, unlabeled, epoch=1.0)
+    w_asc, w_mse = 0.8, 20.0 * math.exp(-5 * 0.75**2)  # t = 1 / 4
+    assert out.terms["weight_asc"] == pytest.approx(w_asc) and out.terms["weight_mse"] == pytest.approx(w_mse)
+    with torch.no_grad():
+        logits, _ = net.forward_modalities(torch.cat([image, unlabeled]))
+        sup = ref.supervised([x[:2] for x in logits], label, reduction=reduction)
+        probabilities = [torch.softmax(x[2:], dim=1) for x in logits]
+        asc = ref.reference_asc(probabilities)
+        mse = ref.mutual_mse(probabilities)
+    ref.assert_weighted_sum(out.loss, {"sup": sup, "asc": w_asc * asc, "mse": w_mse * mse})
+
+
+def _prel_method(**kwargs):
+    return SemiCMLMethod(
+        supervised_loss=MultiHeadSupervisedLoss(),
+        asc_loss=AreaSimilarityContrastiveLoss(),
+        mutual_loss=MutualConsistencyLoss(),
+        pseudo_label_loss=SoftDiceCELoss(),
+        asc_weight=ConstantWeight(0.5),
+        mse_weight=ConstantWeight(0.5),
+        mutual_epochs=1.0,
+        teacher_checkpoints=1,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    "options,weights",
+    [
+        ({"prel_alpha": 0.3, "prel_weight": 2.0}, (2.0, 0.3)),  # independent weights (the bundle's form)
+        ({"prel_alpha": 0.3, "prel_weight": 2.0, "prel_convex": True, "prel_noise_clip": (0.0, 0.2)}, (1.4, 0.6)),
+    ],
+)
+def test_prel_stage_total_loss_matches_independently_computed_terms(options, weights):
+    torch.manual_seed(0)
+    net = tiny_net(dropout=0.3).double()
+    method = _prel_method(prel_passes=3, prel_noise_std=0.1, **options)
+    method.setup(net)
+    method.record_validation(1, [0.1, 0.9, 0.2], net)  # modality 1 is the teacher
+    _no_dropout(net)  # a deterministic student; the teacher keeps its dropout
+    image, label, unlabeled = _double_batch()
+    torch.manual_seed(3)
+    out = method.step(net, image, label, unlabeled, epoch=1.0)
+    assert method.stage == "prel" and method.teacher_modality == 1
+    w_prel, w_asc = weights
+    assert out.terms["weight_prel"] == pytest.approx(w_prel) and out.terms["weight_asc"] == pytest.approx(w_asc)
+    replica = ref.mc_dropout_copy(method.teacher, dropout=True)
+    torch.manual_seed(3)  # the same random draws: the student's forward, then the teacher's noise and dropout
+    with torch.no_grad():
+        logits, _ = net.forward_modalities(torch.cat([image, unlabeled]))
+        pseudo = ref.pseudo_label(replica, unlabeled[:, 1:2], 3, 0.1, options.get("prel_noise_clip"))
+        sup = ref.supervised([x[:2] for x in logits], label)
+        prel = sum(ref.soft_dice_ce(x[2:], pseudo) for x in logits) / 3
+        asc = ref.reference_asc([torch.softmax(x[2:], dim=1) for x in logits])
+    ref.assert_weighted_sum(out.loss, {"sup": sup, "prel": w_prel * prel, "asc": w_asc * asc})
+
+
+def test_pseudo_labels_read_the_teacher_modality_with_dropout_on():
+    torch.manual_seed(0)
+    net = tiny_net(dropout=0.3).double()
+    method = _prel_method(prel_passes=4, prel_noise_std=0.0)  # no input noise: dropout is the only randomness
+    method.setup(net)
+    method.record_validation(1, [0.1, 0.9, 0.2], net)
+    method.build_teacher(net)
+    assert method.teacher_modality == 1
+    unlabeled = _double_batch()[2]
+    torch.manual_seed(5)
+    pseudo = method.pseudo_labels(unlabeled)
+
+    def expected(channel, dropout):
+        torch.manual_seed(5)
+        return ref.pseudo_label(ref.mc_dropout_copy(method.teacher, dropout), unlabeled[:, channel : channel + 1], 4, 0.0)
+
+    # the teacher's dropout provably changes its output: two Monte-Carlo passes differ
+    replica = ref.mc_dropout_copy(method.teacher, dropout=True)
+    with torch.no_grad():
+        x = unlabeled[:, 1:2]
+        assert not torch.allclose(replica(x), replica(x))
+    assert pseudo.dtype == torch.float32
+    assert torch.allclose(pseudo, expected(1, dropout=True), rtol=0, atol=1e-7)
+    for channel, dropout in ((1, False), (0, True), (0, False)):
+        assert (pseudo - expected(channel, dropout)).abs().max() > 1e-4, (channel, dropout)
+    # normalisation layers with running statistics are left in eval mode
+    assert not method.teacher.training
+
+
+def test_pseudo_label_noise_is_clamped():
+    image = torch.randn(1, 1, 6, 6, dtype=torch.float64)
+
+    def teacher(x):
+        return torch.cat([x, -2 * x], dim=1)
+
+    torch.manual_seed(8)
+    pseudo = stochastic_pseudo_labels(teacher, image, passes=3, noise_std=0.3, noise_clip=(0.0, 0.2))
+    torch.manual_seed(8)
+    noises = [(0.3 * torch.randn_like(image)).clamp(0.0, 0.2) for _ in range(3)]
+    expected = sum(torch.softmax(teacher(image + n).float(), 1) for n in noises) / 3
+    assert torch.allclose(pseudo, expected, rtol=0, atol=1e-7)
+    torch.manual_seed(8)
+    unclamped = stochastic_pseudo_labels(teacher, image, passes=3, noise_std=0.3)
+    assert (pseudo - unclamped).abs().max() > 1e-3
+    with pytest.raises(ValueError):
+        stochastic_pseudo_labels(teacher, image, passes=1, noise_std=0.1, noise_clip=(0.2, 0.0))
+    with pytest.raises(ValueError):
+        _prel_method(prel_convex=True, prel_alpha=1.5)
+    with pytest.raises(ValueError):
+        _prel_method(prel_noise_clip=(1.0, 0.0))

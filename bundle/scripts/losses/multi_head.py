@@ -11,10 +11,13 @@ __all__ = ["MultiHeadSupervisedLoss"]
 
 
 class MultiHeadSupervisedLoss(nn.Module):
-    """Supervised loss averaged over the per-modality heads of a multimodal network.
+    """Supervised loss over the per-modality heads of a multimodal network.
 
     Every head ``m`` is compared with its label by ``loss`` (default MONAI ``DiceCELoss`` with
-    softmax and one-hot conversion of the label), and the M values are averaged.
+    softmax and one-hot conversion of the label), and the M values are averaged (``reduction="mean"``,
+    the CMC authors' ``(ct_loss + mri_loss) / 2``) or summed (``reduction="sum"``: every head's
+    supervised term keeps weight 1 against the semi-supervised terms, as in Semi-CML's per-network
+    objective, see ``configs/semicml_paper.yaml``).
 
     Two label layouts are accepted:
 
@@ -26,11 +29,15 @@ class MultiHeadSupervisedLoss(nn.Module):
     Args:
         loss: the per-head loss, called as ``loss(logits, label)`` with logits (B, K, *spatial) and
             label (B, 1, *spatial). Default ``DiceCELoss(to_onehot_y=True, softmax=True)``.
+        reduction: ``"mean"`` (default) or ``"sum"`` over the M heads.
     """
 
-    def __init__(self, loss: nn.Module | None = None) -> None:
+    def __init__(self, loss: nn.Module | None = None, reduction: str = "mean") -> None:
         super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f'reduction must be "mean" or "sum", got {reduction!r}.')
         self.loss = loss if loss is not None else DiceCELoss(to_onehot_y=True, softmax=True)
+        self.reduction = reduction
 
     def forward(self, logits: Sequence[torch.Tensor], label: torch.Tensor) -> torch.Tensor:
         """
@@ -50,4 +57,4 @@ class MultiHeadSupervisedLoss(nn.Module):
         for m, head in enumerate(logits):
             target = label[:, m : m + 1] if per_modality else label[:, :1]
             total = total + self.loss(head, target)
-        return total / num_heads
+        return total / num_heads if self.reduction == "mean" else total

@@ -93,6 +93,9 @@ class SemiSupervisedMethod(nn.Module):
         Returns:
             the labeled logits of every head, the unlabeled logits of every head (``None`` without
             unlabeled images), and the features of every head over the labeled then unlabeled images.
+            When the two batches' features differ in spatial size they cannot be stacked, and only
+            the labeled images' features are returned: a method that needs the features of both
+            batches (CMC's CSC) calls :meth:`forward_joint_split` instead.
         """
         if unlabeled is None:
             logits, features = self.forward_heads(network, image)
@@ -108,6 +111,28 @@ class SemiSupervisedMethod(nn.Module):
         if all(a.shape[2:] == b.shape[2:] for a, b in zip(labeled_features, unlabeled_features)):
             features = [torch.cat([a, b], dim=0) for a, b in zip(labeled_features, unlabeled_features)]
         return labeled_logits, unlabeled_logits, features
+
+    def forward_joint_split(
+        self, network: nn.Module, image: torch.Tensor, unlabeled: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor], list[torch.Tensor] | None]:
+        """As :meth:`forward_joint` (one pass when the shapes allow it), with the features kept per batch.
+
+        Returns:
+            the labeled logits and the unlabeled logits of every head (``None`` without unlabeled
+            images), then the features of every head over the labeled images and over the unlabeled
+            images (``None`` without unlabeled images). Nothing is dropped when the two batches
+            differ in spatial size.
+        """
+        if unlabeled is None:
+            logits, features = self.forward_heads(network, image)
+            return logits, None, features, None
+        if unlabeled.shape[1:] == image.shape[1:]:
+            logits, features = self.forward_heads(network, torch.cat([image, unlabeled], dim=0))
+            n = image.shape[0]
+            return [x[:n] for x in logits], [x[n:] for x in logits], [f[:n] for f in features], [f[n:] for f in features]
+        labeled_logits, labeled_features = self.forward_heads(network, image)
+        unlabeled_logits, unlabeled_features = self.forward_heads(network, unlabeled)
+        return labeled_logits, unlabeled_logits, labeled_features, unlabeled_features
 
     @staticmethod
     def fused(logits: list[torch.Tensor]) -> torch.Tensor:

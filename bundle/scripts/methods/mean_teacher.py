@@ -41,8 +41,10 @@ class MeanTeacherMethod(SemiSupervisedMethod):
     ``network(image)`` returns); any other network is used through ``network(image)``.
 
     Under ``DistributedDataParallel`` the student is called through the wrapper (gradients are
-    synchronised) and the teacher is a copy of the wrapped network; every rank applies the same EMA
-    update to the same synchronised weights, so the teachers stay identical across ranks.
+    synchronised) and the teacher is a deep copy of the *unwrapped* network (a plain module: it has
+    no gradients to synchronise, and its parameters pair one to one with the unwrapped student's in
+    the EMA update); every rank applies the same EMA update to the same synchronised weights, so the
+    teachers stay identical across ranks.
 
     The teacher is created in :meth:`setup` (a deep copy of the network, frozen) and is part of the
     method's ``state_dict`` together with the update counter, so training resumes exactly; to load a

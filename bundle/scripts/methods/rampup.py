@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["SigmoidRampUp", "LinearRampUp", "ConstantWeight"]
+__all__ = ["SigmoidRampUp", "LinearRampUp", "CosineRampDown", "ConstantWeight"]
 
 
 class _WeightSchedule:
@@ -95,6 +95,38 @@ class LinearRampUp(_WeightSchedule):
         if epoch < self.start:
             return 0.0
         return self.weight * self.progress(epoch)
+
+
+class CosineRampDown(_WeightSchedule):
+    """
+    Cosine ramp-down ``weight * 0.5 * (cos(pi * t) + 1)`` with ``t = clip((epoch - start) / length, 0, 1)``: 0 before
+    ``start``, ``weight`` at ``start``, half of it at ``start + length / 2`` and 0 from ``start + length`` on.
+
+    The shape is the cosine annealing of Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts",
+    ICLR 2017; the CMC authors' code weights its CAC term with it over the whole training (``start = 0``,
+    ``length = max_epochs``), while CSC ramps up (see ``configs/cmc_paper.yaml``).
+
+    Args:
+        weight: the initial (maximum) weight; must be finite and non-negative.
+        length: ramp-down duration in epochs; must be non-negative, ``0`` gives 0 from ``start`` on (the weight is
+            already fully ramped down). Defaults to 40.
+        start: epoch before which the weight is 0 (the term is not active yet) and at which the ramp-down begins.
+            Defaults to 0.
+
+    Example::
+
+        schedule = CosineRampDown(weight=1.0, length=500)  # 1 at epoch 0, 0.5 at 250, 0 at 500
+        w = schedule(epoch + iteration / iterations_per_epoch)
+    """
+
+    def __init__(self, weight: float, length: float = 40.0, start: float = 0.0) -> None:
+        super().__init__(weight, length, start)
+
+    def __call__(self, epoch: float) -> float:
+        if epoch < self.start:
+            return 0.0
+        t = self.progress(epoch)
+        return self.weight * 0.5 * (math.cos(math.pi * t) + 1.0)
 
 
 class ConstantWeight(_WeightSchedule):

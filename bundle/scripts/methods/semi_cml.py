@@ -85,19 +85,26 @@ def strongest_modality(scores: Sequence[float]) -> int:
 
 @torch.no_grad()
 def stochastic_pseudo_labels(
-    teacher: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, passes: int, noise_std: float
+    teacher: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    passes: int,
+    noise_std: float,
+    noise_clip: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Soft pseudo-labels of PReL: the mean class probabilities of ``passes`` stochastic teacher passes.
 
     Pass ``t`` computes ``softmax(teacher(image + noise_t))`` with ``noise_t ~ N(0, noise_std^2)``
-    drawn independently per voxel; the teacher's own stochasticity (dropout left on by the caller)
-    adds to it. Computed without gradients.
+    drawn independently per voxel, clamped to ``[low, high]`` when ``noise_clip = (low, high)``
+    (the Semi-CML authors' code clamps it); the teacher's own stochasticity (dropout left on by the
+    caller) adds to it. Computed without gradients.
 
     Args:
         teacher: a segmentation network, ``(B, C, *spatial) -> (B, K, *spatial)`` logits.
         image: the teacher's input, ``(B, C, *spatial)``.
         passes: number of passes ``T >= 1``.
         noise_std: standard deviation of the Gaussian input noise, ``>= 0`` (0: no noise).
+        noise_clip: ``(low, high)`` bounds of the noise, ``low <= high``, or ``None`` (default: not
+            clamped).
 
     Returns:
         float32 probabilities ``(B, K, *spatial)``: in [0, 1] and summing to 1 over ``K``.
@@ -106,9 +113,16 @@ def stochastic_pseudo_labels(
         raise ValueError(f"passes must be >= 1, got {passes}.")
     if noise_std < 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
+    if noise_clip is not None and (len(noise_clip) != 2 or not float(noise_clip[0]) <= float(noise_clip[1])):
+        raise ValueError(f"noise_clip must be (low, high) with low <= high, got {noise_clip}.")
     total: torch.Tensor | None = None
     for _ in range(passes):
-        noisy = image + noise_std * torch.randn_like(image) if noise_std > 0 else image
+        noisy = image
+        if noise_std > 0:
+            noise = noise_std * torch.randn_like(image)
+            if noise_clip is not None:
+                noise = noise.clamp(float(noise_clip[0]), float(noise_clip[1]))
+            noisy = image + noise
         probabilities = torch.softmax(teacher(noisy).float(), dim=1)
         total = probabilities if total is None else total + probabilities
     assert total is not None
@@ -146,7 +160,12 @@ class SemiCMLMethod(SemiSupervisedMethod):
 
         L = L_sup + prel_weight * mean_m L_soft(logits_m, pseudo) + prel_alpha * ASC(p_1..p_M)
 
-      with ``L_soft`` Dice + CE against the soft target (``SoftDiceCELoss``).
+      with ``L_soft`` Dice + CE against the soft target (``SoftDiceCELoss``). With
+      ``prel_convex=True`` the two terms take the paper's convex form instead::
+
+        L = L_sup + prel_weight * (prel_alpha * ASC(p_1..p_M) + (1 - prel_alpha) * mean_m L_soft(logits_m, pseudo))
+
+      (``prel_alpha`` in [0, 1]; ``prel_weight`` 1 gives the paper's objective).
 
     The teacher is built at the first iteration of the prel stage and then stays fixed (under
     ``torch.distributed``, every rank then takes rank 0's teacher and modality choice). Snapshots
@@ -170,13 +189,19 @@ class SemiCMLMethod(SemiSupervisedMethod):
             (``AreaSimilarityContrastiveLoss``).
         mutual_loss: consistency loss over the list of probability maps (``MutualConsistencyLoss``).
         pseudo_label_loss: ``loss(logits, soft_target)`` of the prel stage (``SoftDiceCELoss``).
-        asc_weight: schedule ``epoch -> weight`` of ASC in the mutual stage (sigmoid ramp-up).
+        asc_weight: schedule ``epoch -> weight`` of ASC in the mutual stage (the bundle: a sigmoid
+            ramp-up to 0.1; the paper: 3.5, fixed, ``ConstantWeight``).
         mse_weight: schedule ``epoch -> weight`` of the mutual consistency (sigmoid ramp-up).
         mutual_epochs: length of the mutual stage in epochs, >= 0.
         prel_passes: number ``T`` of stochastic teacher passes averaged into a pseudo-label, >= 1.
         prel_noise_std: standard deviation of the teacher's Gaussian input noise, >= 0.
-        prel_alpha: weight of ASC in the prel stage, >= 0.
-        prel_weight: weight of the pseudo-label re-learning term, >= 0.
+        prel_alpha: weight of ASC in the prel stage, >= 0 (in [0, 1] with ``prel_convex``).
+        prel_weight: weight of the pseudo-label re-learning term, >= 0 (of the convex combination
+            with ``prel_convex``).
+        prel_convex: use the convex form ``alpha * ASC + (1 - alpha) * L_soft`` of the paper
+            (default False: the two independent weights above).
+        prel_noise_clip: ``(low, high)`` bounds of the teacher's input noise, or ``None``
+            (default: not clamped).
         teacher_checkpoints: number ``K`` of best validation snapshots kept per modality and
             averaged into the teacher, >= 1.
     """
@@ -195,6 +220,8 @@ class SemiCMLMethod(SemiSupervisedMethod):
         prel_alpha: float = 0.1,
         prel_weight: float = 1.0,
         teacher_checkpoints: int = 3,
+        prel_convex: bool = False,
+        prel_noise_clip: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if not mutual_epochs >= 0:
@@ -205,6 +232,12 @@ class SemiCMLMethod(SemiSupervisedMethod):
             raise ValueError(f"prel_noise_std must be >= 0, got {prel_noise_std}.")
         if not prel_alpha >= 0 or not prel_weight >= 0:
             raise ValueError(f"prel_alpha and prel_weight must be >= 0, got {prel_alpha} and {prel_weight}.")
+        if prel_convex and not prel_alpha <= 1:
+            raise ValueError(f"prel_alpha must be in [0, 1] with prel_convex, got {prel_alpha}.")
+        if prel_noise_clip is not None and (
+            len(prel_noise_clip) != 2 or not float(prel_noise_clip[0]) <= float(prel_noise_clip[1])
+        ):
+            raise ValueError(f"prel_noise_clip must be (low, high) with low <= high, got {prel_noise_clip}.")
         if int(teacher_checkpoints) != teacher_checkpoints or teacher_checkpoints < 1:
             raise ValueError(f"teacher_checkpoints must be an integer >= 1, got {teacher_checkpoints}.")
         self.supervised_loss = supervised_loss
@@ -219,6 +252,8 @@ class SemiCMLMethod(SemiSupervisedMethod):
         self.prel_alpha = float(prel_alpha)
         self.prel_weight = float(prel_weight)
         self.teacher_checkpoints = int(teacher_checkpoints)
+        self.prel_convex = bool(prel_convex)
+        self.prel_noise_clip = None if prel_noise_clip is None else (float(prel_noise_clip[0]), float(prel_noise_clip[1]))
         self.register_module("teacher", None)
         self.num_modalities = 0
         self.stage = MUTUAL
@@ -366,7 +401,9 @@ class SemiCMLMethod(SemiSupervisedMethod):
             if isinstance(module, nn.modules.dropout._DropoutNd):
                 module.train()
         m = self.teacher_modality
-        return stochastic_pseudo_labels(self.teacher, unlabeled[:, m : m + 1], self.prel_passes, self.prel_noise_std)
+        return stochastic_pseudo_labels(
+            self.teacher, unlabeled[:, m : m + 1], self.prel_passes, self.prel_noise_std, self.prel_noise_clip
+        )
 
     # ------------------------------------------------------------------ training step
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
@@ -387,13 +424,21 @@ class SemiCMLMethod(SemiSupervisedMethod):
             else:
                 pseudo = self.pseudo_labels(unlabeled)
                 prel = torch.stack([self.pseudo_label_loss(x, pseudo) for x in unlabeled_logits]).mean()
-                loss = loss + self.prel_weight * prel + self.prel_alpha * asc
-                terms.update(loss_prel=prel, loss_asc=asc, weight_prel=self.prel_weight, weight_asc=self.prel_alpha)
+                w_prel, w_asc = self.prel_weights()
+                loss = loss + w_prel * prel + w_asc * asc
+                terms.update(loss_prel=prel, loss_asc=asc, weight_prel=w_prel, weight_asc=w_asc)
         return StepOutput(loss=loss, terms=terms, pred=self.fused(labeled_logits))
+
+    def prel_weights(self) -> tuple[float, float]:
+        """The weights ``(w_prel, w_asc)`` of the pseudo-label term and of ASC in the prel stage."""
+        if self.prel_convex:
+            return self.prel_weight * (1.0 - self.prel_alpha), self.prel_weight * self.prel_alpha
+        return self.prel_weight, self.prel_alpha
 
     def extra_repr(self) -> str:
         return (
             f"stage={self.stage}, mutual_epochs={self.mutual_epochs}, prel_passes={self.prel_passes}, "
-            f"prel_noise_std={self.prel_noise_std}, prel_alpha={self.prel_alpha}, "
+            f"prel_noise_std={self.prel_noise_std}, prel_noise_clip={self.prel_noise_clip}, "
+            f"prel_alpha={self.prel_alpha}, prel_weight={self.prel_weight}, prel_convex={self.prel_convex}, "
             f"teacher_checkpoints={self.teacher_checkpoints}, teacher_modality={self.teacher_modality}"
         )

@@ -156,7 +156,8 @@ class _ModalityEncoder(nn.Module):
     One modality's encoder: a stack of ``UnetBasicBlock`` levels (the first with stride 1, the
     others down-sampling with their stride), followed by :class:`ChannelAttention` on the bottleneck.
 
-    ``forward`` returns ``[skip_0, ..., skip_{L-2}, attended_bottleneck]``.
+    ``forward`` returns ``[skip_0, ..., skip_{L-2}, bottleneck, attended_bottleneck]``: the
+    bottleneck before and after the attention.
     """
 
     def __init__(
@@ -194,7 +195,7 @@ class _ModalityEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
             feats.append(x)
-        feats[-1] = self.attention(feats[-1])
+        feats.append(self.attention(feats[-1]))
         return feats
 
 
@@ -265,8 +266,9 @@ class CMCNet(nn.Module):
     shared with it when ``share_decoder=True``), with skip connections from that modality's own
     encoder, ending in an ``out_channels`` head. :meth:`forward` returns the mean of the modality
     heads' logits; :meth:`forward_modalities` (or ``forward(image, heads=True)``, the form that goes
-    through a ``DistributedDataParallel`` wrapper) returns every head's logits and attended bottleneck
-    features for the training losses (e.g. modality-collaborative contrastive / consistency terms).
+    through a ``DistributedDataParallel`` wrapper) returns every head's logits and bottleneck
+    features (attended, or before the attention with ``feature_source="encoder"``) for the training
+    losses (e.g. modality-collaborative contrastive / consistency terms).
 
     The modality heads interact only through the fused feature: perturbing modality ``j`` changes
     head ``i != j`` only via :class:`ModalityFusion`.
@@ -292,6 +294,10 @@ class CMCNet(nn.Module):
             or ``("group", {"num_groups": 8})``.
         act_name: activation type and arguments.
         dropout: dropout probability inside the convolution blocks, ``None`` for no dropout.
+        feature_source: which bottleneck features :meth:`forward_modalities` returns for the
+            feature losses (CSC): ``"attended"`` (default, after the channel attention, what the
+            fusion and decoders read) or ``"encoder"`` (the encoder output before the attention,
+            what the CMC authors' code feeds to CSC). The segmentation is the same either way.
 
     Note:
         Every spatial size of the input must be divisible by the product of the strides of that
@@ -320,10 +326,13 @@ class CMCNet(nn.Module):
         norm_name: tuple | str = "instance",
         act_name: tuple | str = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         dropout: float | None = None,
+        feature_source: str = "attended",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if feature_source not in ("attended", "encoder"):
+            raise ValueError(f'feature_source must be "attended" or "encoder", got {feature_source!r}.')
         if int(num_modalities) != num_modalities or num_modalities < 1:
             raise ValueError(f"num_modalities must be an integer >= 1, got {num_modalities}.")
         if int(out_channels) != out_channels or out_channels < 1:
@@ -357,6 +366,7 @@ class CMCNet(nn.Module):
         self.strides = norm_strides
         self.share_encoder = bool(share_encoder)
         self.share_decoder = bool(share_decoder)
+        self.feature_source = feature_source
         self.bottleneck_channels = channels[-1]
         divisor = [1] * spatial_dims
         for s in norm_strides:
@@ -386,7 +396,7 @@ class CMCNet(nn.Module):
         check_multimodal_input(image, self.spatial_dims, self.num_modalities, self.size_divisor, "CMCNet", "")
 
     def _encode(self, image: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Per-modality ``[skip_0, ..., skip_{L-2}, attended_bottleneck]`` lists."""
+        """Per-modality ``[skip_0, ..., skip_{L-2}, bottleneck, attended_bottleneck]`` lists."""
         feats: list[list[torch.Tensor]] = []
         if self.share_encoder:
             for m in range(self.num_modalities):
@@ -406,8 +416,10 @@ class CMCNet(nn.Module):
         Returns:
             ``(logits, features)``: ``logits`` is a list of ``M`` tensors of shape
             ``(B, out_channels, *spatial)`` (one per modality head, modality order);
-            ``features`` is a list of ``M`` attended bottleneck features of shape
-            ``(B, channels[-1], *bottleneck_spatial)`` (before fusion), for the training losses.
+            ``features`` is a list of ``M`` bottleneck features of shape
+            ``(B, channels[-1], *bottleneck_spatial)`` for the training losses: after the channel
+            attention (before fusion) with ``feature_source="attended"``, before it with
+            ``"encoder"``.
         """
         self._check_input(image)
         enc = self._encode(image)
@@ -416,10 +428,12 @@ class CMCNet(nn.Module):
         logits: list[torch.Tensor] = []
         if self.share_decoder:
             for m in range(self.num_modalities):
-                logits.append(self.decoders[0](attended[m], fused, enc[m][:-1]))
+                logits.append(self.decoders[0](attended[m], fused, enc[m][:-2]))
         else:
             for m, decoder in enumerate(self.decoders):
-                logits.append(decoder(attended[m], fused, enc[m][:-1]))
+                logits.append(decoder(attended[m], fused, enc[m][:-2]))
+        if self.feature_source == "encoder":
+            return logits, [f[-2] for f in enc]
         return logits, attended
 
     def forward(self, image: torch.Tensor, heads: bool = False) -> torch.Tensor:
@@ -427,7 +441,7 @@ class CMCNet(nn.Module):
         Args:
             image: input of shape ``(B, M, *spatial)``, one channel per modality.
             heads: if True, return what :meth:`forward_modalities` returns (every head's logits and
-                attended bottleneck features) instead of the fused logits. Training uses it so that
+                bottleneck features) instead of the fused logits. Training uses it so that
                 the call goes through a ``DistributedDataParallel`` wrapper's ``forward`` (which
                 synchronises the gradients); calling ``wrapper.module.forward_modalities`` would
                 bypass it. Python only: a TorchScript module raises when it is True (call its
