@@ -159,7 +159,9 @@ def _split_counts(
             continue
         counts.append(_round_half_up(fraction * n))
     n_val, n_test = counts
-    if n and n_val + n_test >= n:
+    # every case in `testing` (no validation) is an external test set: a datalist to evaluate on only
+    external_test_set = n_val == 0 and n_test == n
+    if n and n_val + n_test >= n and not external_test_set:
         problems.append(
             f"{n_val} validation + {n_test} testing cases leave no training case out of {n} {what}; "
             "lower --num_validation/--num_testing (or the fractions)"

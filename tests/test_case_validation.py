@@ -242,7 +242,7 @@ def test_label_checks(tmp_path):
     path = str(tmp_path / entry["label"])
     problems = validate_cases(data, NUM_CLASSES)
     _find(problems, "lab", "'label'", path, "1 non-finite voxels of 256 (0 NaN, 1 Inf)")
-    _find(problems, "lab", "'label'", path, "1 non-integer label values (e.g. 1.5)")
+    _find(problems, "lab", "'label'", path, "1 voxels with non-integer label values (e.g. 1.5)")
     _find(problems, "lab", "'label'", path, "label values outside [0, 4): -1 in 1 voxels")
     assert len(problems) == 3
     # no range check without num_classes, none of these without voxels

@@ -261,7 +261,7 @@ def test_evaluate_config_layers_on_train():
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")])
     assert parser.get("eval_split") == "testing"
-    assert parser.get("run") == ["$@validate#evaluator.run()"]
+    assert parser.get("run") == ["@error_hook", "$@validate#evaluator.run()"]  # no training; errors printed last
     assert parser.get("validate#handlers")[0]["_target_"] == "CheckpointLoader"
     assert parser.get_parsed_content("eval_heads") == HEADS
 

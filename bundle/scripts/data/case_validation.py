@@ -41,6 +41,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ..errors import BundleError, as_bool
+
 __all__ = [
     "CaseReport",
     "CaseValidationError",
@@ -59,7 +61,7 @@ _MAX_LISTED_VALUES = 8
 _GZIP_CHUNK = 1 << 20
 
 
-class CaseValidationError(ValueError):
+class CaseValidationError(BundleError, ValueError):
     """
     Some files of the cases of a datalist are unusable. The message lists every problem found, one
     per line, each naming the split, the case id, the key and the path.
@@ -174,17 +176,25 @@ def check_datalist_cases(
     :func:`validate_cases` for the configs: returns ``datalist`` itself (unchanged) when every file
     is usable, so that it can be chained after ``resolve_datalist``; raises otherwise.
 
+    Missing files that ``load_datalist`` deferred (``defer_missing_files``: the datalist's
+    ``file_problems``) are reported with the problems of every other file.
+
     Raises:
         CaseValidationError: every problem found, in one message.
     """
-    problems = validate_cases(
-        datalist,
-        num_classes,
-        coregistered=coregistered,
-        read_voxels=read_voxels,
-        modalities=modalities,
-        spatial_dims=spatial_dims,
-        affine_atol=affine_atol,
+    deferred = list(getattr(datalist, "file_problems", None) or [])
+    problems = (
+        deferred
+        + inspect_cases(
+            datalist,
+            num_classes,
+            coregistered=coregistered,
+            read_voxels=read_voxels,
+            modalities=modalities,
+            spatial_dims=spatial_dims,
+            affine_atol=affine_atol,
+            report_missing=not deferred,
+        ).problems
     )
     if problems:
         raise CaseValidationError(problems)
@@ -266,6 +276,11 @@ def _check_compressed_size(path: str, expected: int | None = None) -> str | None
         except zlib.error as e:
             return f"corrupt compressed data after {total} uncompressed bytes ({_error(e)})"
     needs = f", the header needs {expected}" if expected else ""
+    if not decompressor.eof and expected and total >= expected:
+        return (
+            f"incomplete gzip file: the voxel data is complete ({total} bytes) but the gzip trailer (checksum and "
+            "size) is cut off; the file was truncated while being written or copied: write or copy it again"
+        )
     if not decompressor.eof:
         return f"truncated compressed stream: it ends after {total} uncompressed bytes{needs}"
     if expected and total < expected:
@@ -314,8 +329,8 @@ class _Validator:
             raise TypeError(f"modalities must be a list of names, got the string {modalities!r}.")
         self.datalist = datalist
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.coregistered = bool(coregistered)
-        self.read_voxels = bool(read_voxels)
+        self.coregistered = as_bool(coregistered, "coregistered")
+        self.read_voxels = as_bool(read_voxels, "read_voxels")
         self.names = [str(m) for m in modalities] if modalities else None
         self.spatial_dims = None if spatial_dims is None else int(spatial_dims)
         self.affine_atol = float(affine_atol)
@@ -454,7 +469,15 @@ class _Validator:
         info.shape = shape
         header_ok = self._check_header(shape, affine, role, info)
         if self.read_voxels:
-            self._check_voxels(img, path, role, info)
+            readable = self._check_voxels(img, path, role, info)
+            # data read fine: a cut gzip trailer is still reported, as the headers-only check does
+            if readable and path.lower().endswith(".nii.gz"):
+                try:
+                    problem = _check_file_size(img, path)
+                except Exception as e:
+                    problem = f"unreadable file ({_error(e, path)})"
+                if problem:
+                    info.problems.append(problem)
         else:
             try:
                 problem = _check_file_size(img, path)
@@ -535,7 +558,8 @@ class _Validator:
             return False
         return ok
 
-    def _check_voxels(self, img: Any, path: str, role: str, info: _FileInfo) -> None:
+    def _check_voxels(self, img: Any, path: str, role: str, info: _FileInfo) -> bool:
+        """Voxel checks; False when the voxel data cannot be read."""
         try:
             if role == "label":
                 data = np.asanyarray(img.dataobj)  # scaled values
@@ -544,10 +568,10 @@ class _Validator:
                 data = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
         except Exception as e:
             info.problems.append(f"voxel data unreadable ({_error(e, path)})")
-            return
+            return False
         if data.dtype.kind not in "biufc":
             info.problems.append(f"voxel type {data.dtype} is not numeric")
-            return
+            return True
         finite = None
         if data.dtype.kind in "fc":
             finite = np.isfinite(data)
@@ -556,23 +580,23 @@ class _Validator:
                 nan = int(np.count_nonzero(np.isnan(data)))
                 info.problems.append(f"{bad} non-finite voxels of {data.size} ({nan} NaN, {bad - nan} Inf)")
         if role != "label":
-            return
+            return True
         values = data if finite is None else data[finite]
         if values.size == 0:
-            return
+            return True
         if values.dtype.kind == "c":
             info.problems.append(f"complex label values ({values.dtype})")
-            return
+            return True
         if values.dtype.kind == "f":
             fractional = values != np.round(values)
             count = int(np.count_nonzero(fractional))
             if count:
                 example = float(values[fractional][0])
                 info.problems.append(
-                    f"{count} non-integer label values (e.g. {example:g}); a label map holds class indices"
+                    f"{count} voxels with non-integer label values (e.g. {example:g}); a label map holds class indices"
                 )
         if self.num_classes is None:
-            return
+            return True
         low, high = values.min(), values.max()
         if low < 0 or high >= self.num_classes:
             outside = values[(values < 0) | (values >= self.num_classes)]
@@ -583,6 +607,7 @@ class _Validator:
                 f"label values outside [0, {self.num_classes}): {listed}{more} in {outside.size} voxels "
                 f"(num_classes={self.num_classes} including background)"
             )
+        return True
 
     # ---------------------------------------------------------------- grids
     def _grid_problems(self, info: _FileInfo, ref: _FileInfo, ref_key: str, stacked: bool) -> list[str]:
@@ -590,8 +615,8 @@ class _Validator:
         if info.spatial is None or ref.spatial is None or info.affine is None or ref.affine is None:
             return []
         hint = (
-            "the images of a case must share one voxel grid; resample them, or pass coregistered=False "
-            "for a pipeline that does"
+            "the images of a case must share one voxel grid: the bundle stacks them into channels as they are; "
+            "resample them onto the grid of image[0] first"
             if stacked
             else "a label must be on the grid of its image"
         )

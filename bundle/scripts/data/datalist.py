@@ -16,6 +16,7 @@ falls back to the embedded synthetic dataset when no dataset folder is given.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -25,20 +26,23 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BundleError
 from .synthetic import generate_synthetic_dataset
 
-__all__ = ["DATALIST_SPLITS", "DatalistError", "load_datalist", "resolve_datalist"]
+__all__ = ["DATALIST_SPLITS", "Datalist", "DatalistError", "load_datalist", "resolve_datalist"]
 
 #: case lists of a datalist, in the order they are reported.
 DATALIST_SPLITS = ("training", "unlabeled", "validation", "testing")
 # splits whose cases must have a label; labels found in "unlabeled" are dropped
 _LABELED_SPLITS = ("training", "validation")
+# top-level keys that are not splits and are read by the bundle
+_METADATA_KEYS = ("modalities", "labels")
 _IMAGE_EXTENSIONS = re.compile(
     r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.npy|\.npz|\.png|\.jpg|\.tif|\.tiff|\.dcm)$", re.IGNORECASE
 )
 
 
-class DatalistError(ValueError):
+class DatalistError(BundleError, ValueError):
     """
     Invalid datalist. The message lists every problem found, one per line, each naming the split,
     the case id, the offending key and, where there is one, the path.
@@ -49,11 +53,28 @@ class DatalistError(ValueError):
     """
 
     def __init__(self, problems: Sequence[str], datalist_file: str | None = None) -> None:
+        # the arguments themselves go to Exception (pickle and copy rebuild the error from them)
+        super().__init__(list(problems), datalist_file)
         self.problems = list(problems)
-        where = f" {datalist_file}" if datalist_file else ""
+        self.datalist_file = datalist_file
+
+    def __str__(self) -> str:
+        where = f" {self.datalist_file}" if self.datalist_file else ""
         count = len(self.problems)
         header = f"invalid datalist{where} ({count} problem{'s' if count != 1 else ''}):"
-        super().__init__("\n".join([header] + [f"  {p}" for p in self.problems]))
+        return "\n".join([header] + [f"  {p}" for p in self.problems])
+
+
+class _Missing(str):
+    """A problem text that reports a missing file (see ``defer_missing_files``)."""
+
+
+class Datalist(dict):
+    """The normalised datalist (a dict of case lists); ``file_problems`` holds the missing files that
+    :func:`load_datalist` deferred (``defer_missing_files``) to :func:`~scripts.data.case_validation.check_datalist_cases`.
+    """
+
+    file_problems: list[str] = []
 
 
 def load_datalist(
@@ -63,6 +84,8 @@ def load_datalist(
     labeled_fraction: float = 1.0,
     split_seed: int = 0,
     check_files: bool = True,
+    require_validation: bool = False,
+    defer_missing_files: bool = False,
 ) -> dict[str, list[dict]]:
     """
     Read, validate and normalise a datalist.
@@ -102,6 +125,18 @@ def load_datalist(
             one seed a smaller fraction keeps a subset of the cases a larger one keeps.
         split_seed: seed of the labeled/unlabeled selection.
         check_files: check that every referenced file exists.
+        require_validation: an empty ``validation`` list is a problem (training selects ``model.pt``
+            on it).
+        defer_missing_files: when missing files are the only problems, return the datalist (a
+            :class:`Datalist`) with them in ``file_problems`` instead of raising, so that
+            ``check_datalist_cases`` reports them together with the problems of every other file.
+
+    Unknown top-level keys that look like a misspelled split (``"validaton"``) or hold a list of
+    cases are problems; other keys (``name``, ``description``, ...) are ignored. When both
+    ``modalities`` and the datalist's own ``modalities`` key are given in different orders, the
+    ``"image": [...]``/``"label": [...]`` lists (written in the datalist's order) are reordered to
+    ``modalities``; a multi-channel file cannot be, and is a problem. A case key holding an image
+    path that is not a modality (``"dwi"``) is a problem.
 
     Returns:
         ``{"training": [...], "unlabeled": [...], "validation": [...], "testing": [...]}`` with
@@ -133,7 +168,9 @@ def load_datalist(
     else:
         base_dir = os.path.dirname(datalist_path)
 
-    result: dict[str, list[dict]] = {}
+    _check_top_level_keys(content, names, problems)
+    list_order = _list_order(names, content)
+    result: dict[str, list[dict]] = Datalist()
     for split in DATALIST_SPLITS:
         raw_cases = content.get(split, [])
         if raw_cases is None:
@@ -142,14 +179,21 @@ def load_datalist(
             problems.append(f"split '{split}': must be a list of cases, got {type(raw_cases).__name__}")
             raw_cases = []
         result[split] = [
-            _normalise_case(raw, split, position, names, base_dir, check_files, problems)
+            _normalise_case(raw, split, position, names, base_dir, check_files, problems, list_order)
             for position, raw in enumerate(raw_cases)
         ]
     if not content.get("training"):
         problems.append("split 'training': no cases; at least one labeled training case is required")
+    if require_validation and not result["validation"]:
+        problems.append(
+            "split 'validation': no cases; training selects and writes model.pt on the validation cases, so at "
+            "least one labeled validation case is required"
+        )
     _check_case_ids(result, problems)
     _check_shared_images(result, problems)
-    if problems:
+    if problems and defer_missing_files and all(isinstance(p, _Missing) for p in problems):
+        result.file_problems = [str(p) for p in problems]
+    elif problems:
         raise DatalistError(problems, datalist_path)
 
     if fraction < 1.0:
@@ -166,6 +210,8 @@ def resolve_datalist(
     labeled_fraction: float = 1.0,
     split_seed: int = 0,
     synthetic: dict | None = None,
+    require_validation: bool = False,
+    defer_missing_files: bool = False,
 ) -> dict[str, list[dict]]:
     """
     Datalist of a run: the user's dataset when one is given, else the embedded synthetic dataset.
@@ -189,6 +235,7 @@ def resolve_datalist(
         split_seed: seed of the labeled/unlabeled selection.
         synthetic: further keyword arguments of ``generate_synthetic_dataset`` (``image_size``,
             ``num_training``, ``misalignment_mm``, ``seed``, ...).
+        require_validation, defer_missing_files: see :func:`load_datalist`.
 
     Returns:
         the normalised datalist, as :func:`load_datalist` returns it.
@@ -205,7 +252,12 @@ def resolve_datalist(
             synthetic_dir, spatial_dims=spatial_dims, modalities=modalities, **options
         )
         return load_datalist(
-            datalist_path, modalities=modalities, labeled_fraction=labeled_fraction, split_seed=split_seed
+            datalist_path,
+            modalities=modalities,
+            labeled_fraction=labeled_fraction,
+            split_seed=split_seed,
+            require_validation=require_validation,
+            defer_missing_files=defer_missing_files,
         )
     if datalist_file:
         datalist_path = os.path.abspath(os.path.expanduser(os.fspath(datalist_file)))
@@ -217,6 +269,8 @@ def resolve_datalist(
         modalities=modalities,
         labeled_fraction=labeled_fraction,
         split_seed=split_seed,
+        require_validation=require_validation,
+        defer_missing_files=defer_missing_files,
     )
 
 
@@ -231,9 +285,7 @@ def _check_fraction(labeled_fraction: float) -> float:
     return fraction
 
 
-def _modality_names(
-    modalities: Sequence[str] | None, content: dict[str, Any], problems: list[str]
-) -> list[str] | None:
+def _modality_names(modalities: Sequence[str] | None, content: dict[str, Any], problems: list[str]) -> list[str] | None:
     """Modality names from the argument or the datalist; None (with problems added) when unusable."""
     source = "argument 'modalities'"
     if modalities is None:
@@ -266,8 +318,39 @@ def _resolve_path(
         path = os.path.join(base_dir, path)
     path = os.path.normpath(path)
     if check_files and not os.path.exists(path):
-        problems.append(f"{where}: key '{key}': file not found: {path}")
+        problems.append(_Missing(f"{where}: key '{key}': file not found: {path}"))
     return path
+
+
+def _check_top_level_keys(content: dict[str, Any], modalities: list[str], problems: list[str]) -> None:
+    """Report top-level keys that look like a misspelled split or hold cases under an unknown name."""
+    splits = ", ".join(DATALIST_SPLITS)
+    for key, value in content.items():
+        if key in DATALIST_SPLITS or key in _METADATA_KEYS or not isinstance(key, str):
+            continue
+        close = difflib.get_close_matches(key.lower(), DATALIST_SPLITS, n=1, cutoff=0.75)
+        if close:
+            problems.append(f"key '{key}': unknown top-level key; did you mean '{close[0]}'? (splits: {splits})")
+        elif (
+            isinstance(value, list)
+            and value
+            and all(isinstance(c, dict) and {"case", "image", "label", *modalities} & set(c) for c in value)
+        ):
+            problems.append(
+                f"key '{key}': {len(value)} cases under an unknown split name; they are not used (splits: {splits})"
+            )
+
+
+def _list_order(modalities: list[str], content: dict[str, Any]) -> tuple[list[str], list[int] | None] | None:
+    """How ``"image": [...]`` lists, written in the datalist's own ``modalities`` order, map onto
+    ``modalities``: None when the orders agree (or the datalist names none), else ``(datalist order,
+    index of each of ``modalities`` in it, or None when some is missing from it)``."""
+    own = content.get("modalities")
+    if not isinstance(own, list) or not own or not all(isinstance(m, str) for m in own) or own == modalities:
+        return None
+    if len(set(own)) != len(own) or not set(modalities) <= set(own):
+        return own, None
+    return own, [own.index(m) for m in modalities]
 
 
 def _derive_case_id(first_path: Any, first_modality: str, per_modality: bool) -> str | None:
@@ -289,8 +372,10 @@ def _normalise_case(
     base_dir: str,
     check_files: bool,
     problems: list[str],
+    list_order: tuple[list[str], list[int] | None] | None = None,
 ) -> dict[str, Any]:
-    """Normalise one case (see :func:`load_datalist`), appending its problems to ``problems``."""
+    """Normalise one case (see :func:`load_datalist`), appending its problems to ``problems``.
+    ``list_order``: see :func:`_list_order` (lists of paths follow the datalist's own modalities)."""
     if not isinstance(raw, dict):
         problems.append(f"{split} case #{position}: expected a JSON object, got {type(raw).__name__}")
         return {"case": f"#{position}"}
@@ -312,13 +397,47 @@ def _normalise_case(
     case: dict[str, Any] = {"case": case_id if case_id else f"#{position}"}
 
     expected = f"one per modality: {', '.join(modalities)}"
+    order_note = ""
+    if list_order is not None:
+        own, index = list_order
+        order_note = (
+            f"the datalist's modalities are {own}, --modalities gives {modalities}; a list of paths follows the "
+            "datalist's order"
+        )
+
+    def reorder(paths: list, key: str) -> list | None:
+        """``paths`` (in the datalist's order) in the order of ``modalities``; None (problem added) if impossible."""
+        if list_order is None:
+            return paths
+        own, index = list_order
+        if index is None:
+            problems.append(f"{where}: key '{key}': cannot match its paths to --modalities ({order_note})")
+            return None
+        if len(paths) != len(own):
+            problems.append(
+                f"{where}: key '{key}': expected {len(own)} paths (one per modality: {', '.join(own)}), got {len(paths)}"
+            )
+            return None
+        return [paths[i] for i in index]
+
     if image is not None:
         if present:
-            problems.append(
-                f"{where}: key 'image': given together with per-modality keys {present}; use one form only"
-            )
+            problems.append(f"{where}: key 'image': given together with per-modality keys {present}; use one form only")
         if isinstance(image, str):
             case["image"] = _resolve_path(image, base_dir, check_files, where, "image", problems)
+            if list_order is not None:
+                problems.append(
+                    f"{where}: key 'image': a multi-channel file holds the modalities in the datalist's order, which "
+                    f"differs from --modalities ({order_note}); pass --modalities in the datalist's order: "
+                    f"{case['image']}"
+                )
+        elif isinstance(image, list) and list_order is not None:
+            ordered = reorder(image, "image")
+            if ordered is not None:
+                case["image"] = [
+                    _resolve_path(p, base_dir, check_files, where, f"image[{list_order[0].index(m)}]", problems)
+                    for p, m in zip(ordered, modalities, strict=False)
+                ]
         elif isinstance(image, list):
             if len(image) != len(modalities):
                 problems.append(
@@ -359,6 +478,13 @@ def _normalise_case(
             for m in modalities
             if m in label
         ]
+    elif isinstance(label, list) and list_order is not None:
+        ordered = reorder(label, "label")
+        if ordered is not None:
+            case["label"] = [
+                _resolve_path(p, base_dir, check_files, where, f"label[{list_order[0].index(m)}]", problems)
+                for p, m in zip(ordered, modalities, strict=False)
+            ]
     elif isinstance(label, list):
         if len(label) != len(modalities):
             problems.append(f"{where}: key 'label': expected {len(modalities)} paths ({expected}), got {len(label)}")
@@ -368,8 +494,20 @@ def _normalise_case(
     else:
         problems.append(f"{where}: key 'label': expected a path or {{modality: path}}, got {type(label).__name__}")
 
-    consumed = {"case", "image", "label", *modalities}
-    case.update({k: v for k, v in raw.items() if k not in consumed})
+    # modalities of the datalist that this run does not use are dropped
+    consumed = {"case", "image", "label", *modalities, *(list_order[0] if list_order else ())}
+    for key, value in raw.items():
+        if key in consumed:
+            continue
+        paths = value if isinstance(value, list) else [value]
+        if paths and all(isinstance(p, str) and _IMAGE_EXTENSIONS.search(p.strip()) for p in paths):
+            shown = ", ".join(os.path.normpath(os.path.join(base_dir, os.path.expanduser(p))) for p in paths)
+            problems.append(
+                f"{where}: key '{key}': an image file under a key that is not a modality of this run "
+                f"(modalities: {', '.join(modalities)}); add it to the modalities or remove the key: {shown}"
+            )
+        else:
+            case[key] = value
     return case
 
 

@@ -28,7 +28,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .datalist import DatalistError, _derive_case_id, _normalise_case
+from .datalist import DatalistError, _derive_case_id, _list_order, _normalise_case
 from .synthetic import generate_synthetic_dataset
 from .transforms import _safe_name, input_files_of
 
@@ -76,8 +76,18 @@ def _cases_from_datalist(datalist_file: str, dataset_dir: str | None, data_split
     base_dir = _abspath(dataset_dir) if dataset_dir else os.path.dirname(_abspath(datalist_file))
     problems: list[str] = []
     # files are not checked here: a missing file fails its own case at load time, not the run
+    order = _list_order(list(modalities), content)
     cases = [
-        _normalise_case(c, "testing" if data_split != "unlabeled" else "unlabeled", i, list(modalities), base_dir, False, problems)
+        _normalise_case(
+            c,
+            "testing" if data_split != "unlabeled" else "unlabeled",
+            i,
+            list(modalities),
+            base_dir,
+            False,
+            problems,
+            order,
+        )
         for i, c in enumerate(raw)
     ]
     if problems:

@@ -113,7 +113,9 @@ def rotation_matrix(angles_deg: float | Sequence[float], spatial_dims: int) -> n
     if len(angles) == 1:
         return _plane_rotation(3, 0, 1, angles[0])
     if len(angles) != 3:
-        raise ValueError(f"a 3-D rotation has one angle (plane (0, 1)) or three (about axes 0, 1, 2), got {angles_deg}.")
+        raise ValueError(
+            f"a 3-D rotation has one angle (plane (0, 1)) or three (about axes 0, 1, 2), got {angles_deg}."
+        )
     rx = _plane_rotation(3, 1, 2, angles[0])
     ry = _plane_rotation(3, 2, 0, angles[1])
     rz = _plane_rotation(3, 0, 1, angles[2])
@@ -152,7 +154,9 @@ def voxel_spacing_of(img: Any, spatial_dims: int) -> np.ndarray:
     return np.ones(spatial_dims)
 
 
-def _sampling_grid(shape: Sequence[int], spacing: np.ndarray, motion: ModalityMotion, dtype: torch.dtype) -> torch.Tensor:
+def _sampling_grid(
+    shape: Sequence[int], spacing: np.ndarray, motion: ModalityMotion, dtype: torch.dtype
+) -> torch.Tensor:
     """
     ``grid_sample`` grid (``align_corners=False``) that makes the content move by ``motion``:
     every output point ``y`` (mm from the grid centre) samples the source point
@@ -164,7 +168,7 @@ def _sampling_grid(shape: Sequence[int], spacing: np.ndarray, motion: ModalityMo
     built by ``affine_grid`` without a full-size coordinate array per axis.
     """
     d = len(shape)
-    half = torch.tensor([n * s / 2.0 for n, s in zip(shape, spacing)], dtype=torch.float64)
+    half = torch.tensor([n * s / 2.0 for n, s in zip(shape, spacing, strict=False)], dtype=torch.float64)
     inverse = torch.as_tensor(motion.rotation, dtype=torch.float64).T
     matrix = inverse * half[None, :] / half[:, None]
     offset = -(inverse @ torch.as_tensor(motion.shift_mm, dtype=torch.float64)) / half
@@ -287,7 +291,9 @@ class _ModalityMotionApplier(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             if int(img.shape[0]) != num_modalities or tuple(img.shape[1:]) != shape:
-                raise ValueError(f"'{key}' has shape {tuple(img.shape)}, other image keys ({num_modalities}, *{shape}).")
+                raise ValueError(
+                    f"'{key}' has shape {tuple(img.shape)}, other image keys ({num_modalities}, *{shape})."
+                )
             spacing = voxel_spacing_of(img, len(shape)) if spacing is None else spacing
             d[key] = self._move(img, motions, spacing, self.mode)
         for key in self.label_keys:
@@ -306,7 +312,9 @@ class _ModalityMotionApplier(MapTransform):
                     f"'{key}' of shape {tuple(getattr(label, 'shape', ()))} must have 1 channel (one label on the "
                     f"reference grid) or {num_modalities} (one per modality) on the image grid {shape}."
                 )
-            d[key] = self._move(label, motions, voxel_spacing_of(label, len(shape)) if spacing is None else spacing, "nearest")
+            d[key] = self._move(
+                label, motions, voxel_spacing_of(label, len(shape)) if spacing is None else spacing, "nearest"
+            )
         return d
 
     @staticmethod
@@ -463,7 +471,9 @@ class RandModalityMisalignd(RandomizableTransform, _ModalityMotionApplier):
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must be in [0, 1], got {prob}.")
         RandomizableTransform.__init__(self, prob=prob)
-        _ModalityMotionApplier.__init__(self, keys, label_keys, modalities, reference_modality, mode, allow_missing_keys)
+        _ModalityMotionApplier.__init__(
+            self, keys, label_keys, modalities, reference_modality, mode, allow_missing_keys
+        )
         self.max_shift_mm = _non_negative("max_shift_mm", max_shift_mm)
         self.max_rotation_deg = _non_negative("max_rotation_deg", max_rotation_deg)
         if len(self.max_rotation_deg) not in (1, 3):
@@ -504,7 +514,9 @@ class RandModalityMisalignd(RandomizableTransform, _ModalityMotionApplier):
             angles = self.R.uniform(-max_rotation, max_rotation)
             displacement = None
             if self.elastic_mm > 0:
-                control = self.R.uniform(-self.elastic_mm, self.elastic_mm, size=(d, *[self.elastic_control_points] * d))
+                control = self.R.uniform(
+                    -self.elastic_mm, self.elastic_mm, size=(d, *[self.elastic_control_points] * d)
+                )
                 displacement = _smooth_field(control, spatial_shape)
             self.motions[m] = ModalityMotion(rotation_matrix(angles, d), shift, displacement)
         self._do_transform = bool(self.motions)

@@ -81,7 +81,12 @@ class SequenceIntensityPerturbation(nn.Module):
     """
 
     def __init__(
-        self, prob: float = 0.8, contrast: float = 0.3, brightness: float = 0.3, gamma: float = 1.5, noise_std: float = 0.1
+        self,
+        prob: float = 0.8,
+        contrast: float = 0.3,
+        brightness: float = 0.3,
+        gamma: float = 1.5,
+        noise_std: float = 0.1,
     ) -> None:
         super().__init__()
         self.prob = _check_probability("prob", prob)
@@ -92,7 +97,8 @@ class SequenceIntensityPerturbation(nn.Module):
             raise ValueError(f"gamma must be a finite number >= 1, got {gamma}.")
         if contrast >= 1:
             raise ValueError(f"contrast must be < 1 (the factor 1 - contrast must stay positive), got {contrast}.")
-        self.contrast, self.brightness, self.gamma, self.noise_std = float(contrast), float(brightness), float(gamma), float(noise_std)
+        self.contrast, self.brightness = float(contrast), float(brightness)
+        self.gamma, self.noise_std = float(gamma), float(noise_std)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """``image`` (B, M, *spatial) -> perturbed copy of the same shape."""
@@ -209,8 +215,12 @@ class BatchModalityMisalignment(nn.Module):
         super().__init__()
         self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.transform = RandModalityMisalignd(
-            keys="image", label_keys=None, prob=prob, max_shift_mm=max_shift_mm,
-            max_rotation_deg=max_rotation_deg, reference_modality=reference_modality,
+            keys="image",
+            label_keys=None,
+            prob=prob,
+            max_shift_mm=max_shift_mm,
+            max_rotation_deg=max_rotation_deg,
+            reference_modality=reference_modality,
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -246,7 +256,9 @@ class BoxCutMix(nn.Module):
         max_aspect: largest ratio between two box sides (>= 1).
     """
 
-    def __init__(self, prob: float = 0.5, min_area: float = 0.02, max_area: float = 0.4, max_aspect: float = 3.3) -> None:
+    def __init__(
+        self, prob: float = 0.5, min_area: float = 0.02, max_area: float = 0.4, max_aspect: float = 3.3
+    ) -> None:
         super().__init__()
         self.prob = _check_probability("prob", prob)
         if not 0 < min_area <= max_area <= 1:
@@ -265,10 +277,12 @@ class BoxCutMix(nn.Module):
             area = float(torch.empty(()).uniform_(self.min_area, self.max_area))
             log_ratios = torch.empty(d).uniform_(-np.log(self.max_aspect) / 2, np.log(self.max_aspect) / 2)
             log_ratios = log_ratios - log_ratios.mean()  # the side ratios multiply to 1: area is kept
-            sides = [max(1, min(n, int(round(n * area ** (1 / d) * float(np.exp(float(r)))))))
-                     for n, r in zip(spatial_shape, log_ratios)]
-            starts = [int(torch.randint(0, n - s + 1, ())) for n, s in zip(spatial_shape, sides)]
-            box[(i, 0, *[slice(a, a + s) for a, s in zip(starts, sides)])] = True
+            sides = [
+                max(1, min(n, int(round(n * area ** (1 / d) * float(np.exp(float(r)))))))
+                for n, r in zip(spatial_shape, log_ratios, strict=False)
+            ]
+            starts = [int(torch.randint(0, n - s + 1, ())) for n, s in zip(spatial_shape, sides, strict=False)]
+            box[(i, 0, *[slice(a, a + s) for a, s in zip(starts, sides, strict=False)])] = True
         return box
 
     @staticmethod

@@ -90,12 +90,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = [
-    "SYNTHETIC_LABELS",
-    "SyntheticContrast",
-    "generate_synthetic_dataset",
-    "synthetic_contrast",
-]
+__all__ = ["SYNTHETIC_LABELS", "SyntheticContrast", "generate_synthetic_dataset", "synthetic_contrast"]
 
 #: label name -> label value written in the label maps and in ``datalist.json``.
 SYNTHETIC_LABELS: dict[str, int] = {"background": 0, "outer": 1, "wall": 2, "cavity": 3}
@@ -473,7 +468,7 @@ class _Anatomy:
     def deform(self, points: np.ndarray) -> np.ndarray:
         """Anatomy points (shape ``(dims, *grid)``) bent by the case's smooth deformation."""
         out = points.copy()
-        for freq, phase, amp in zip(self.frequency, self.phase, self.amplitude):
+        for freq, phase, amp in zip(self.frequency, self.phase, self.amplitude, strict=False):
             wave = np.sin(np.einsum("i,i...->...", freq, points) + phase)
             out += amp.reshape((-1,) + (1,) * (points.ndim - 1)) * wave
         return out
@@ -560,17 +555,13 @@ def _bias_field(rng: np.random.Generator, grid: np.ndarray, strength: float) -> 
     unit = grid / max(float(np.abs(grid).max()), 1e-6)
     terms = [unit[i] for i in range(dims)]
     terms += [unit[i] * unit[j] for i in range(dims) for j in range(i, dims)]
-    log_field = sum(c * t for c, t in zip(rng.normal(size=len(terms)), terms))
+    log_field = sum(c * t for c, t in zip(rng.normal(size=len(terms)), terms, strict=False))
     peak = max(float(np.abs(log_field).max()), 1e-6)
     return np.exp(log_field * (strength * rng.uniform(0.5, 1.0) / peak))
 
 
 def _render_image(
-    rng: np.random.Generator,
-    label: np.ndarray,
-    distractors: np.ndarray,
-    grid: np.ndarray,
-    contrast: SyntheticContrast,
+    rng: np.random.Generator, label: np.ndarray, distractors: np.ndarray, grid: np.ndarray, contrast: SyntheticContrast
 ) -> np.ndarray:
     """Paint ``label`` (and the distractor index map) with ``contrast``: class means, texture,
     partial-volume blur, bias field, noise."""
@@ -647,7 +638,7 @@ def _write_dataset(root: str, params: dict[str, Any]) -> None:
             anatomy = _sample_anatomy(np.random.default_rng([seed, case_index, 0]), dims, size)
             entry: dict[str, Any] = {"case": case_id}
             labels: dict[str, np.ndarray] = {}
-            for m, (name, contrast) in enumerate(zip(modalities, contrasts)):
+            for m, (name, contrast) in enumerate(zip(modalities, contrasts, strict=False)):
                 points = grid
                 if misalignment > 0 and m > 0:
                     points = _misalign(grid, np.random.default_rng([seed, case_index, 2, m]), misalignment)
@@ -679,7 +670,7 @@ def _write_dataset(root: str, params: dict[str, Any]) -> None:
         "generator": "scripts.data.synthetic.generate_synthetic_dataset",
         "parameters": params,
         "labels": dict(SYNTHETIC_LABELS),
-        "contrast": {name: asdict(c) for name, c in zip(modalities, contrasts)},
+        "contrast": {name: asdict(c) for name, c in zip(modalities, contrasts, strict=False)},
     }
     with open(os.path.join(root, MANIFEST_NAME), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.data import NibabelWriter
+from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import MapTransform, SaveImaged
 
 __all__ = ["EnsureModalityChannelsd", "NiftiNoResampleWriter", "SaveSegmentationd", "input_files_of"]
@@ -88,6 +87,9 @@ class EnsureModalityChannelsd(MapTransform):
         shape = tuple(img.shape)
         meta = getattr(img, "meta", {}) or {}
         stacked = meta.get("original_channel_dim") == 0  # LoadImaged stacked one file per modality
+        while stacked and len(shape) > s + 1 and shape[-1] == 1:  # H x W x 1 files (2-D exports): H x W
+            img = img.squeeze(-1)
+            shape = tuple(img.shape)
         if stacked and len(shape) == s + 1 and shape[0] == m:
             return img
         if stacked:
@@ -172,7 +174,9 @@ class SaveSegmentationd(SaveImaged):
         files_key: key of the case's input file paths (a path or a list of paths), if any.
     """
 
-    def __init__(self, keys: KeysCollection, case_key: str = "case", files_key: str | None = "input_files", **kwargs: Any):
+    def __init__(
+        self, keys: KeysCollection, case_key: str = "case", files_key: str | None = "input_files", **kwargs: Any
+    ):
         ext = str(kwargs.get("output_ext", ".nii.gz")).lower()
         if not kwargs.get("resample", True) and kwargs.get("writer") is None and ext.endswith((".nii", ".nii.gz")):
             kwargs["writer"] = NiftiNoResampleWriter

@@ -185,7 +185,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
         names = ("_final_checkpoint", "_key_metric_checkpoint", "_interval_checkpoint")
         missing = [n for n in names if not hasattr(self, n)]
         if missing:  # guards against a MONAI release that renames the internals this class relies on
-            raise RuntimeError(f"monai.handlers.CheckpointSaver has no attributes {missing}; update AtomicCheckpointSaver.")
+            raise RuntimeError(
+                f"monai.handlers.CheckpointSaver has no attributes {missing}; update AtomicCheckpointSaver."
+            )
         return [getattr(self, n) for n in names if getattr(self, n) is not None]
 
     def state_dict(self) -> dict:

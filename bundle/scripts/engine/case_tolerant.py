@@ -20,25 +20,31 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from monai.engines import SupervisedEvaluator
 from monai.transforms import apply_transform
-from torch.utils.data import Dataset
-
 from scripts.data.transforms import input_files_of
+from scripts.errors import BundleError, as_bool
+from torch.utils.data import Dataset
 
 __all__ = ["CaseTolerantDataset", "CaseTolerantEvaluator", "CaseFailuresError", "root_cause"]
 
 ERROR_KEY = "error"
 
 
-class CaseFailuresError(RuntimeError):
+class CaseFailuresError(BundleError, RuntimeError):
     """Raised at the end of a run in which some cases failed; ``failures`` maps case id to message."""
 
     def __init__(self, failures: dict[str, str], total: int) -> None:
+        # the arguments themselves go to Exception (pickle and copy rebuild the error from them)
+        super().__init__(dict(failures), total)
         self.failures = dict(failures)
-        lines = [f"{len(failures)} of {total} cases failed (the other cases were written):"]
-        lines += [f"  {msg}" for msg in failures.values()]
-        super().__init__("\n".join(lines))
+        self.total = total
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.failures)} of {self.total} cases failed (the other cases were written):"]
+        lines += [f"  {msg}" for msg in self.failures.values()]
+        return "\n".join(lines)
 
 
 def root_cause(error: BaseException) -> BaseException:
@@ -64,16 +70,34 @@ class CaseTolerantDataset(Dataset):
     The ``input_files`` entry of a case (see :func:`scripts.data.inference_data.inference_cases`)
     is kept out of the transformed item (it would not collate) and used for the messages.
 
+    A case whose ``finite_keys`` hold NaN or Inf after the transform fails too (a NaN voxel makes the
+    whole normalised image NaN, and the network would return all background). A failed case's files
+    are checked one by one (:func:`scripts.data.case_validation.validate_cases`), so that the
+    message names the bad file (truncated, NaN voxels, wrong layout) rather than every file of the case.
+
     Args:
         data: list of case dicts with ``case`` and ``image``.
         transform: the preprocessing.
         case_key: key of the case id.
+        finite_keys: keys that must hold finite values after the transform.
+        modalities, spatial_dims: name the files and check their layout in the diagnosis of a failed case.
     """
 
-    def __init__(self, data: Sequence[dict], transform: Callable | None = None, case_key: str = "case") -> None:
+    def __init__(
+        self,
+        data: Sequence[dict],
+        transform: Callable | None = None,
+        case_key: str = "case",
+        finite_keys: Sequence[str] = ("image",),
+        modalities: Sequence[str] | None = None,
+        spatial_dims: int | None = None,
+    ) -> None:
         self.data = list(data)
         self.transform = transform
         self.case_key = case_key
+        self.finite_keys = list(finite_keys)
+        self.modalities = list(modalities) if modalities else None
+        self.spatial_dims = spatial_dims
         self.logger = logging.getLogger(self.__class__.__name__)
 
     def __len__(self) -> int:
@@ -92,10 +116,31 @@ class CaseTolerantDataset(Dataset):
         case = {k: v for k, v in self.data[index].items() if k != "input_files"}
         case_id = self.case_id(index)
         try:
-            return apply_transform(self.transform, case) if self.transform is not None else case
+            item = apply_transform(self.transform, case) if self.transform is not None else case
+            for key in self.finite_keys:
+                value = item.get(key) if isinstance(item, dict) else None
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.is_floating_point()
+                    and not bool(torch.isfinite(value).all())
+                ):
+                    raise ValueError(f"'{key}' holds NaN or Inf values after preprocessing")
+            return item
         except Exception as e:  # noqa: BLE001 - every error of one case is reported, not raised
-            message = _describe(case_id, self.files(case_id), e)
+            message = self._diagnose(case) or _describe(case_id, self.files(case_id), e)
             return {self.case_key: case_id, ERROR_KEY: message}
+
+    def _diagnose(self, case: dict) -> str | None:
+        """The problems of a failed case's files, one per line naming the key and the file; None if none found."""
+        from scripts.data.case_validation import validate_cases
+
+        try:
+            problems = validate_cases(
+                {"inference": [case]}, None, modalities=self.modalities, spatial_dims=self.spatial_dims
+            )
+        except Exception:  # noqa: BLE001 - the diagnosis must not hide the original error
+            return None
+        return "\n    ".join(problems) if problems else None
 
 
 class CaseTolerantEvaluator(SupervisedEvaluator):
@@ -119,10 +164,10 @@ class CaseTolerantEvaluator(SupervisedEvaluator):
     """
 
     def __init__(self, *args: Any, raise_on_failure: bool = True, case_key: str = "case", **kwargs: Any) -> None:
+        if "amp" in kwargs:  # `--amp false` arrives as text
+            kwargs["amp"] = as_bool(kwargs["amp"], "amp")
         super().__init__(*args, **kwargs)
-        if isinstance(raise_on_failure, str):  # `--raise_on_failure false` arrives as a string
-            raise_on_failure = raise_on_failure.strip().lower() not in ("false", "0", "no", "off", "")
-        self.raise_on_failure = bool(raise_on_failure)
+        self.raise_on_failure = as_bool(raise_on_failure, "raise_on_failure")
         self.case_key = case_key
         self.failures: dict[str, str] = {}
         self.completed_cases: list[str] = []
@@ -146,7 +191,9 @@ class CaseTolerantEvaluator(SupervisedEvaluator):
         case_ids = self._case_ids(batchdata)
         errors = batchdata.get(ERROR_KEY) if isinstance(batchdata, dict) else None
         if errors is not None:
-            for case_id, message in zip(case_ids, errors if isinstance(errors, (list, tuple)) else [errors]):
+            for case_id, message in zip(
+                case_ids, errors if isinstance(errors, (list, tuple)) else [errors], strict=False
+            ):
                 self._fail(case_id, str(message))
             return {}
         try:

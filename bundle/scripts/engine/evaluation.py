@@ -82,7 +82,7 @@ class SplitHeadsd(MapTransform):
             if pred.shape[0] % n:
                 raise ValueError(f"'{key}' has {pred.shape[0]} channels, not a multiple of {n} heads {self.heads}.")
             chunks = torch.chunk(pred, n, dim=0) if isinstance(pred, torch.Tensor) else np.split(pred, n, axis=0)
-            for out_key, chunk in zip(head_keys(self.heads, str(key)), chunks):
+            for out_key, chunk in zip(head_keys(self.heads, str(key)), chunks, strict=False):
                 d[out_key] = chunk
         return d
 
@@ -139,7 +139,7 @@ def segmentation_metrics(
         include_background: whether class 0 is evaluated.
     """
     metrics: dict[str, Any] = {}
-    for head, key in zip(heads, head_keys(heads, pred_key)):
+    for head, key in zip(heads, head_keys(heads, pred_key), strict=False):
         transform = from_engine([key, label_key])
         metrics[metric_name(head, "dice")] = MeanDice(
             include_background=include_background, output_transform=transform, save_details=True
@@ -253,7 +253,7 @@ class EvaluationReport:
         batch = engine.state.batch
         items = batch if isinstance(batch, list) else [batch]
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
-        for item, output in zip(items, outputs):
+        for item, output in zip(items, outputs, strict=False):
             case_id = item.get(self.case_key) if isinstance(item, Mapping) else None
             if isinstance(case_id, (list, tuple)):
                 case_id = case_id[0]
@@ -274,7 +274,7 @@ class EvaluationReport:
         image = _numpy(output[self.image_key])  # (M, *spatial)
         label = np.argmax(_numpy(output[self.label_key]), axis=0)  # one-hot -> indices
         keys = head_keys(self.heads, self.pred_key)
-        preds = {h: np.argmax(_numpy(output[k]), axis=0) for h, k in zip(self.heads, keys) if k in output}
+        preds = {h: np.argmax(_numpy(output[k]), axis=0) for h, k in zip(self.heads, keys, strict=False) if k in output}
         if label.ndim == 3:  # 3D: the axial slice with the most labeled voxels
             z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0)))
             image, label = image[..., z], label[..., z]
@@ -283,12 +283,14 @@ class EvaluationReport:
         panels.append((self.heads[0], 0, preds.get(self.heads[0])))
         colors = plt.get_cmap("tab10")
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-        for ax, (title, channel, pred) in zip(axes[0], panels):
+        for ax, (title, channel, pred) in zip(axes[0], panels, strict=False):
             ax.imshow(image[channel].T, cmap="gray", origin="lower")
             for c in range(1, len(self.class_names) + 1):
                 color = colors(c - 1)
                 if (label == c).any():
-                    ax.contour((label == c).T.astype(float), levels=[0.5], colors=[color], linestyles="dashed", linewidths=1)
+                    ax.contour(
+                        (label == c).T.astype(float), levels=[0.5], colors=[color], linestyles="dashed", linewidths=1
+                    )
                 if pred is not None and (pred == c).any():
                     ax.contour((pred == c).T.astype(float), levels=[0.5], colors=[color], linewidths=1.2)
             name = title if title != self.heads[0] else f"{title} (on {self.modalities[0]})"
@@ -330,7 +332,7 @@ class EvaluationReport:
                 entry[head] = {}
                 for metric, array in per_metric.items():
                     values = [_finite(v) for v in array[i]]
-                    row = dict(zip(self.class_names, values))
+                    row = dict(zip(self.class_names, values, strict=False))
                     row["mean"] = _nanmean(values)
                     entry[head][metric] = row
             cases.append(entry)
@@ -365,11 +367,15 @@ class EvaluationReport:
                 for head in table:
                     for metric in table[head]:
                         row = entry[head][metric]
-                        writer.writerow([entry["case"], head, metric, *[_csv(row[c]) for c in self.class_names], _csv(row["mean"])])
+                        writer.writerow(
+                            [entry["case"], head, metric, *[_csv(row[c]) for c in self.class_names], _csv(row["mean"])]
+                        )
             for head in table:
                 for metric in table[head]:
                     row = summary[head][metric]
-                    writer.writerow(["mean", head, metric, *[_csv(row[c]) for c in self.class_names], _csv(row["mean"])])
+                    writer.writerow(
+                        ["mean", head, metric, *[_csv(row[c]) for c in self.class_names], _csv(row["mean"])]
+                    )
         self.files = {"json": json_path, "csv": csv_path}
         print(self.summary_table(summary), flush=True)
         self.logger.info(f"evaluation of {len(self.case_ids)} cases written to {json_path} and {csv_path}")
@@ -386,7 +392,9 @@ class EvaluationReport:
             cells = []
             for m in metrics:
                 row = per_metric.get(m, {})
-                cells.append(f"{_fmt(row.get('mean')):>10}  " + " ".join(f"{_fmt(row.get(c)):>8}" for c in self.class_names))
+                cells.append(
+                    f"{_fmt(row.get('mean')):>10}  " + " ".join(f"{_fmt(row.get(c)):>8}" for c in self.class_names)
+                )
             lines.append(f"{head:<{width}}  " + "  ".join(cells))
         return "\n".join(lines)
 

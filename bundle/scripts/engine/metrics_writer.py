@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
+from .atomic_checkpoint import _FILE_MODE
+
 __all__ = ["ValidationMetricsWriter"]
 
 
@@ -54,7 +56,7 @@ class ValidationMetricsWriter:
     def _named(self, value: Any) -> Any:
         value = _plain(value)
         if isinstance(value, list) and self.class_names is not None and len(value) == len(self.class_names):
-            return dict(zip(self.class_names, value))
+            return dict(zip(self.class_names, value, strict=False))
         return value
 
     def __call__(self, engine: Engine) -> None:
@@ -81,6 +83,7 @@ class ValidationMetricsWriter:
                 json.dump(content, f, indent=2)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; other outputs are created with the umask
             os.replace(tmp, self.filename)
         except BaseException:
             if os.path.exists(tmp):

@@ -10,7 +10,9 @@ run again.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -22,29 +24,31 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.transforms import Compose, Randomizable, Transform
+from scripts.errors import BundleError, as_bool
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["ResumeTraining", "RandomStates", "EvaluatorBestMetric", "find_training_states", "parse_resume_flag"]
+__all__ = [
+    "ResumeConflictError",
+    "ResumeTraining",
+    "RandomStates",
+    "RunSettings",
+    "EvaluatorBestMetric",
+    "find_training_states",
+    "parse_resume_flag",
+]
 
 logger = logging.getLogger(__name__)
 
 _STEP_IN_NAME = re.compile(r"(?:epoch|iteration)=(\d+)\.pt$")
-_TRUE = {"true", "yes", "on", "1", "auto"}
-_FALSE = {"false", "no", "off", "0", "none", "null"}
 
 
 def parse_resume_flag(value: Any) -> bool:
-    """``resume`` as a bool: accepts booleans and the strings a command line gives (``"false"``, ``"true"``, ``"auto"``)."""
-    if isinstance(value, bool):
-        return value
+    """``resume`` as a bool, parsed like every boolean id (:func:`scripts.errors.as_bool`); ``"auto"`` means true."""
     if value is None:
         return False
-    text = str(value).strip().lower()
-    if text in _TRUE:
+    if isinstance(value, str) and value.strip().lower() == "auto":
         return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"resume must be true or false, got {value!r}.")
+    return as_bool(value, "resume")
 
 
 def find_training_states(folder: str | Path, file_prefix: str) -> list[Path]:
@@ -172,7 +176,11 @@ class RandomStates:
     def _local_state_dict(self) -> dict[str, Any]:
         version, internal, gauss_next = random.getstate()
         state: dict[str, Any] = {
-            "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+            "python": {
+                "version": int(version),
+                "state": torch.tensor(internal, dtype=torch.int64),
+                "gauss_next": gauss_next,
+            },
             "numpy": _random_state_to_dict(np.random.get_state()),
             "torch": torch.get_rng_state(),
             # the current device's generator, when this process uses CUDA (reading it would otherwise
@@ -231,6 +239,63 @@ class EvaluatorBestMetric:
         self.evaluator.state.best_metric_epoch = int(state_dict["best_metric_epoch"])
 
 
+# ---------------------------------------------------------------------------- settings of a run
+class ResumeConflictError(BundleError, ValueError):
+    """The command line asks for other settings than the run it would resume was trained with."""
+
+
+def _normalised(value: Any) -> Any:
+    """``value`` as plain JSON data (tuples as lists, tensors and other objects as text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=False))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+class RunSettings:
+    """The settings (config ids) a training run was started with, kept in its training-state checkpoint.
+
+    :class:`ResumeTraining` compares them with the current ones before it restores anything: the
+    optimizer, scheduler and data split of a checkpoint would otherwise silently win over a changed
+    command line (``--learning_rate 1e6`` on a resumed run would keep the saved 0.002). Any
+    difference stops the run with :class:`ResumeConflictError` naming each setting, its saved and
+    its new value. Leave out what may change between restarts (``epochs``: a resumed run may train
+    longer; logging intervals; devices).
+
+    Args:
+        settings: ``{config id: value}``; values are compared as JSON data (numbers with a relative
+            tolerance of 1e-9).
+    """
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = _normalised(dict(settings))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"settings": json.dumps(self.settings, sort_keys=True)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Nothing to restore: the current settings are the run's (checked by :meth:`conflicts` first)."""
+
+    def conflicts(self, state_dict: Mapping[str, Any]) -> list[str]:
+        """One line per setting whose saved value differs from the current one."""
+        saved = json.loads(state_dict["settings"]) if "settings" in state_dict else {}
+        lines = []
+        for key in sorted(set(saved) | set(self.settings)):
+            old, new = saved.get(key, "<not saved>"), self.settings.get(key, "<not set>")
+            if not _same(old, new):
+                lines.append(f"{key}: saved {json.dumps(old)}, now {json.dumps(new)}")
+        return lines
+
+
 # ---------------------------------------------------------------------------- the handler
 class ResumeTraining:
     """Continues a training run from the newest training-state checkpoint of its checkpoint saver.
@@ -251,6 +316,8 @@ class ResumeTraining:
       another output folder, or train longer with a larger ``max_epochs``.
     - The checkpoint's epoch exceeds ``max_epochs``: ``ValueError``.
     - The checkpoint cannot be read: ``RuntimeError`` naming the file.
+    - A :class:`RunSettings` of ``save_dict`` differs from the checkpoint's: :class:`ResumeConflictError`
+      naming every changed setting, before anything is restored.
     - ``resume`` off: training starts from scratch and existing checkpoints of the saver are
       deleted once this run has written its first one.
 
@@ -307,7 +374,9 @@ class ResumeTraining:
                 self._replace_on_next_save(found)
             return
         if not found:
-            self.logger.info(f"no {self.file_prefix} checkpoint in {self.checkpoint_dir}: training starts from scratch.")
+            self.logger.info(
+                f"no {self.file_prefix} checkpoint in {self.checkpoint_dir}: training starts from scratch."
+            )
             return
         latest = found[-1]
         try:
@@ -320,6 +389,20 @@ class ResumeTraining:
         if not isinstance(checkpoint, Mapping):
             raise RuntimeError(f"cannot resume from {latest}: it does not hold a dict of states.")
         present = {k: v for k, v in self.load_dict.items() if k in checkpoint}
+        conflicts = [
+            line
+            for k, obj in present.items()
+            if callable(getattr(obj, "conflicts", None))
+            for line in obj.conflicts(checkpoint[k])
+        ]
+        if conflicts:
+            raise ResumeConflictError(
+                f"cannot resume from {latest}: the run was started with other settings than this command "
+                "(the checkpoint's optimizer, scheduler and data split would silently win):\n"
+                + "\n".join(f"  {line}" for line in conflicts)
+                + "\nRun again with the saved values to continue that run, or pass --resume false (or another "
+                "--output_dir) to start a new run with these settings."
+            )
         missing = sorted(set(self.load_dict) - set(present))
         if missing:
             self.logger.warning(f"{latest.name} holds no {missing}: those are not restored.")

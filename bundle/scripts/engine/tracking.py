@@ -39,4 +39,4 @@ class NamePerClassMetrics:
         for name, value in list(metrics.items()):
             if isinstance(value, torch.Tensor) and value.numel() == len(self.class_names) > 1:
                 values = value.detach().cpu().reshape(-1).tolist()
-                metrics[name] = {f"{name}_{c}": float(v) for c, v in zip(self.class_names, values)}
+                metrics[name] = {f"{name}_{c}": float(v) for c, v in zip(self.class_names, values, strict=False)}

@@ -11,9 +11,9 @@ from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
-from torch.utils.data import DataLoader, DistributedSampler
-
+from scripts.errors import BundleError, as_bool
 from scripts.methods.base import SemiSupervisedMethod
+from torch.utils.data import DataLoader, DistributedSampler
 
 __all__ = ["SemiSupervisedTrainer", "NonFiniteLossError", "loss_terms"]
 
@@ -23,18 +23,19 @@ def _plain_tensor(x: Any) -> Any:
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(BundleError, FloatingPointError):
     """Raised when a loss term becomes NaN or infinite; the message names the term and iteration."""
 
 
 def loss_terms(output: Any) -> dict[str, float]:
     """Output transform for ``StatsHandler`` / ``TensorBoardStatsHandler``: every logged term.
 
-    Returns the total ``loss`` and every ``loss_*`` and ``weight_*`` entry of the iteration output.
+    Returns the total ``loss`` and every ``loss_*``, ``weight_*`` and ``stat_*`` (e.g. the share of
+    confident pseudo-labels) entry of the iteration output.
     """
     if isinstance(output, list):  # decollated output: the terms are repeated in every item
         output = output[0]
-    return {k: float(v) for k, v in output.items() if k == Keys.LOSS or k.startswith(("loss_", "weight_"))}
+    return {k: float(v) for k, v in output.items() if k == Keys.LOSS or k.startswith(("loss_", "weight_", "stat_"))}
 
 
 class SemiSupervisedTrainer(SupervisedTrainer):
@@ -83,6 +84,8 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         if not isinstance(method, SemiSupervisedMethod):
             raise TypeError(f"method must be a SemiSupervisedMethod, got {type(method).__name__}.")
         kwargs.setdefault("decollate", False)
+        if "amp" in kwargs:  # `--amp false` arrives as text
+            kwargs["amp"] = as_bool(kwargs["amp"], "amp")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -98,6 +101,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         self.unlabeled_key = unlabeled_key
         self._unlabeled_iter: Iterator | None = None
         self._unlabeled_pass = 0
+        self._unlabeled_cases: list[str] = []  # case ids of the last unlabeled batch, for error messages
 
     def _has_unlabeled(self) -> bool:
         loader = self.unlabeled_data_loader
@@ -127,6 +131,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         else:
             return None
         image = batch[self.unlabeled_key] if isinstance(batch, dict) else batch
+        self._unlabeled_cases = _case_ids(batch)
         return _plain_tensor(image.to(device=self.state.device, non_blocking=self.non_blocking))
 
     def _iteration(self, engine: SemiSupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
@@ -151,7 +156,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             result = engine.method.step(engine.network, image, label, unlabeled, epoch)
         engine.state.output[Keys.PRED] = result.pred
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine._check_finite(result.loss, result.terms)
+        engine._check_finite(result.loss, result.terms, batchdata)
         engine.state.output[Keys.LOSS] = result.loss
         for name, value in result.terms.items():
             engine.state.output[name] = value.detach() if isinstance(value, torch.Tensor) else value
@@ -171,16 +176,29 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
-    def _check_finite(self, loss: torch.Tensor, terms: dict) -> None:
+    def _check_finite(self, loss: torch.Tensor, terms: dict, batchdata: Any = None) -> None:
         if bool(torch.isfinite(loss.detach()).all()):
             return
         bad = [
             name
             for name, value in terms.items()
-            if not bool(torch.isfinite(torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value)).all())
+            if not bool(
+                torch.isfinite(torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value)).all()
+            )
         ]
         named = ", ".join(bad) if bad else "the total loss"
+        labeled = ", ".join(_case_ids(batchdata)) or "unknown"
+        unlabeled = f"; unlabeled cases: {', '.join(self._unlabeled_cases)}" if self._unlabeled_cases else ""
         raise NonFiniteLossError(
             f"non-finite loss at iteration {self.state.iteration} (epoch {self.state.epoch}): {named}. "
+            f"The batch held the labeled cases: {labeled}{unlabeled}. "
             "Training stopped; the last saved checkpoint is left untouched."
         )
+
+
+def _case_ids(batch: Any) -> list[str]:
+    """The ``case`` ids of a collated batch (empty when it has none)."""
+    ids = batch.get("case") if isinstance(batch, dict) else None
+    if ids is None:
+        return []
+    return [str(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]

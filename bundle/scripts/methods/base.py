@@ -10,6 +10,7 @@ subclass of :class:`SemiSupervisedMethod` plus one override config.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
@@ -52,12 +53,7 @@ class SemiSupervisedMethod(nn.Module):
         """Called once by the trainer before the first iteration (create teachers here)."""
 
     def step(
-        self,
-        network: nn.Module,
-        image: torch.Tensor,
-        label: torch.Tensor,
-        unlabeled: torch.Tensor | None,
-        epoch: float,
+        self, network: nn.Module, image: torch.Tensor, label: torch.Tensor, unlabeled: torch.Tensor | None, epoch: float
     ) -> StepOutput:
         """Compute the losses of one iteration.
 
@@ -108,8 +104,8 @@ class SemiSupervisedMethod(nn.Module):
         unlabeled_logits, unlabeled_features = self.forward_heads(network, unlabeled)
         # features of different spatial sizes cannot be stacked: keep the labeled ones
         features = labeled_features
-        if all(a.shape[2:] == b.shape[2:] for a, b in zip(labeled_features, unlabeled_features)):
-            features = [torch.cat([a, b], dim=0) for a, b in zip(labeled_features, unlabeled_features)]
+        if all(a.shape[2:] == b.shape[2:] for a, b in zip(labeled_features, unlabeled_features, strict=False)):
+            features = [torch.cat([a, b], dim=0) for a, b in zip(labeled_features, unlabeled_features, strict=False)]
         return labeled_logits, unlabeled_logits, features
 
     def forward_joint_split(
@@ -129,7 +125,12 @@ class SemiSupervisedMethod(nn.Module):
         if unlabeled.shape[1:] == image.shape[1:]:
             logits, features = self.forward_heads(network, torch.cat([image, unlabeled], dim=0))
             n = image.shape[0]
-            return [x[:n] for x in logits], [x[n:] for x in logits], [f[:n] for f in features], [f[n:] for f in features]
+            return (
+                [x[:n] for x in logits],
+                [x[n:] for x in logits],
+                [f[:n] for f in features],
+                [f[n:] for f in features],
+            )
         labeled_logits, labeled_features = self.forward_heads(network, image)
         unlabeled_logits, unlabeled_features = self.forward_heads(network, unlabeled)
         return labeled_logits, unlabeled_logits, labeled_features, unlabeled_features

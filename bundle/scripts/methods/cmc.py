@@ -110,8 +110,8 @@ class CMCMethod(SemiSupervisedMethod):
             return None
         if len(groups) == 1:
             return self.csc_loss(groups[0])
-        if all(a.shape[1:] == b.shape[1:] for a, b in zip(groups[0], groups[1])):
-            return self.csc_loss([torch.cat(parts, dim=0) for parts in zip(*groups)])
+        if all(a.shape[1:] == b.shape[1:] for a, b in zip(groups[0], groups[1], strict=False)):
+            return self.csc_loss([torch.cat(parts, dim=0) for parts in zip(*groups, strict=False)])
         # bottlenecks of different spatial sizes cannot be stacked: one CSC per batch, batch-size weighted
         sizes = [g[0].shape[0] for g in groups]
-        return sum(n * self.csc_loss(g) for n, g in zip(sizes, groups)) / sum(sizes)
+        return sum(n * self.csc_loss(g) for n, g in zip(sizes, groups, strict=False)) / sum(sizes)

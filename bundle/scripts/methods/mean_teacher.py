@@ -114,9 +114,9 @@ class MeanTeacherMethod(SemiSupervisedMethod):
             return
         network = unwrap_network(network)
         decay = min(1.0 - 1.0 / (float(self.ema_updates) + 1.0), self.ema_decay)
-        for t, s in zip(self.teacher.parameters(), network.parameters()):
+        for t, s in zip(self.teacher.parameters(), network.parameters(), strict=False):
             t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
-        for t, s in zip(self.teacher.buffers(), network.buffers()):
+        for t, s in zip(self.teacher.buffers(), network.buffers(), strict=False):
             t.copy_(s)
         self.ema_updates += 1
 

@@ -253,7 +253,9 @@ class SemiCMLMethod(SemiSupervisedMethod):
         self.prel_weight = float(prel_weight)
         self.teacher_checkpoints = int(teacher_checkpoints)
         self.prel_convex = bool(prel_convex)
-        self.prel_noise_clip = None if prel_noise_clip is None else (float(prel_noise_clip[0]), float(prel_noise_clip[1]))
+        self.prel_noise_clip = (
+            None if prel_noise_clip is None else (float(prel_noise_clip[0]), float(prel_noise_clip[1]))
+        )
         self.register_module("teacher", None)
         self.num_modalities = 0
         self.stage = MUTUAL

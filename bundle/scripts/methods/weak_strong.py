@@ -101,7 +101,9 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         if self.ema_decay is not None:
             # the plain network is averaged (a DDP wrapper holds no weights of its own)
             self.teacher = AveragedModel(
-                copy.deepcopy(unwrap_network(network)), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True
+                copy.deepcopy(unwrap_network(network)),
+                multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
+                use_buffers=True,
             )
             self.teacher.requires_grad_(False)
         if self.feature_dropout > 0:

@@ -219,13 +219,7 @@ class _ModalityDecoder(nn.Module):
         super().__init__()
         c_bottleneck = channels[-1]
         self.merge = Convolution(
-            spatial_dims,
-            2 * c_bottleneck,
-            c_bottleneck,
-            kernel_size=1,
-            norm=norm_name,
-            act=act_name,
-            dropout=dropout,
+            spatial_dims, 2 * c_bottleneck, c_bottleneck, kernel_size=1, norm=norm_name, act=act_name, dropout=dropout
         )
         ups = []
         for level in range(len(channels) - 1, 0, -1):
@@ -345,16 +339,12 @@ class CMCNet(nn.Module):
         if strides is None:
             strides = [2] * (len(channels) - 1)
         if len(strides) != len(channels) - 1:
-            raise ValueError(
-                f"strides must have len(channels) - 1 = {len(channels) - 1} entries, got {len(strides)}."
-            )
+            raise ValueError(f"strides must have len(channels) - 1 = {len(channels) - 1} entries, got {len(strides)}.")
         norm_strides: list[list[int]] = []
         for s in strides:
             per_dim = [int(s)] * spatial_dims if isinstance(s, int) else [int(v) for v in s]
             if len(per_dim) != spatial_dims or any(v < 1 for v in per_dim):
-                raise ValueError(
-                    f"each stride must be a positive int or {spatial_dims} positive ints, got {s}."
-                )
+                raise ValueError(f"each stride must be a positive int or {spatial_dims} positive ints, got {s}.")
             norm_strides.append(per_dim)
         if dropout is not None and not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1) or None, got {dropout}.")
@@ -377,10 +367,7 @@ class CMCNet(nn.Module):
         n_enc = 1 if self.share_encoder else self.num_modalities
         n_dec = 1 if self.share_decoder else self.num_modalities
         self.encoders = nn.ModuleList(
-            [
-                _ModalityEncoder(spatial_dims, channels, norm_strides, norm_name, act_name, dropout)
-                for _ in range(n_enc)
-            ]
+            [_ModalityEncoder(spatial_dims, channels, norm_strides, norm_name, act_name, dropout) for _ in range(n_enc)]
         )
         self.fusion = ModalityFusion(
             spatial_dims, self.num_modalities, channels[-1], norm_name=norm_name, act_name=act_name, dropout=dropout

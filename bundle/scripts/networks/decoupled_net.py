@@ -158,7 +158,14 @@ class DecoupledMultiModalNet(nn.Module):
         return self.networks[modality]
 
     def _check_input(self, image: torch.Tensor) -> None:
-        check_multimodal_input(image, self.spatial_dims, self.num_modalities, self.size_divisor, "DecoupledMultiModalNet", "; fill a missing one with zeros")
+        check_multimodal_input(
+            image,
+            self.spatial_dims,
+            self.num_modalities,
+            self.size_divisor,
+            "DecoupledMultiModalNet",
+            "; fill a missing one with zeros",
+        )
 
     def forward_modalities(self, image: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """

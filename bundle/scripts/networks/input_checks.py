@@ -16,17 +16,31 @@ def check_multimodal_input(
     message and ``hint`` is appended to the channel-count message."""
     if image.dim() != spatial_dims + 2:
         raise ValueError(
-            network + " expects input of shape (B, M, *spatial) with " + str(spatial_dims)
-            + " spatial dims, got " + str(image.dim()) + " dims."
+            network
+            + " expects input of shape (B, M, *spatial) with "
+            + str(spatial_dims)
+            + " spatial dims, got "
+            + str(image.dim())
+            + " dims."
         )
     if image.shape[1] != num_modalities:
         raise ValueError(
-            network + " expects " + str(num_modalities) + " input channels (one per modality" + hint
-            + "), got " + str(image.shape[1]) + "."
+            network
+            + " expects "
+            + str(num_modalities)
+            + " input channels (one per modality"
+            + hint
+            + "), got "
+            + str(image.shape[1])
+            + "."
         )
     for d in range(spatial_dims):
         if image.shape[d + 2] % size_divisor[d] != 0:
             raise ValueError(
-                network + " spatial size " + str(image.shape[2:])
-                + " must be divisible by the product of strides " + str(size_divisor) + "."
+                network
+                + " spatial size "
+                + str(image.shape[2:])
+                + " must be divisible by the product of strides "
+                + str(size_divisor)
+                + "."
             )

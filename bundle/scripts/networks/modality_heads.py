@@ -26,20 +26,24 @@ class ModalityHeadsWrapper(nn.Module):
     so it is exactly what inference produces. ``forward_modalities`` may return the list of head
     logits or a tuple whose first item is that list.
 
+    A network without ``forward_modalities`` (one network reading all sequences, e.g. a MONAI
+    ``UNet``) has no heads: the output is its prediction alone.
+
     The wrapper owns no parameters of its own: load the checkpoint into the wrapped network.
 
     Args:
-        network: the multimodal network.
+        network: the multimodal network (or any segmentation network).
     """
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
-        if not callable(getattr(network, "forward_modalities", None)):
-            raise TypeError(f"{type(network).__name__} has no forward_modalities(); cannot expose modality heads.")
         self.network = network
+        self.has_heads = callable(getattr(network, "forward_modalities", None))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         fused = self.network(image)
+        if not self.has_heads:
+            return fused
         heads = self.network.forward_modalities(image)
         if isinstance(heads, tuple) and heads and isinstance(heads[0], (list, tuple)):
             heads = heads[0]

@@ -1,0 +1,97 @@
+# Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
+"""
+The bundle's own errors, how a ``monai.bundle run`` reports them, and its one boolean parser.
+
+Every error the bundle raises about the user's input (datalist, case files, output folders, flags,
+resume conflicts, non-finite loss, failed inference cases) derives from :class:`BundleError`.
+MONAI wraps errors of a component in ``RuntimeError: Failed to instantiate component ...``, so a
+failing run ends in a long traceback whose last line hides the real message. :func:`install_error_hook`
+(first entry of the configs' ``run``) replaces ``sys.excepthook``: when the cause chain of an uncaught
+exception holds a :class:`BundleError`, only that error's message is printed, last, and the process
+exits with status 1. Any other exception keeps Python's usual traceback. ``BUNDLE_TRACEBACK=1``
+prints the full traceback before the message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from monai.utils import str2bool
+
+__all__ = ["BundleError", "FlagError", "as_bool", "bundle_error_of", "install_error_hook", "parse_flags"]
+
+
+class BundleError(Exception):
+    """Marker base class of the errors the bundle reports concisely (see :func:`install_error_hook`)."""
+
+
+class FlagError(BundleError, ValueError):
+    """A boolean config id was given a value that is not true or false."""
+
+
+def as_bool(value: Any, name: str = "flag") -> bool:
+    """``value`` as a bool, with MONAI's ``str2bool`` (true/false, yes/no, t/f, y/n, 1/0, any case).
+
+    The one parser of every boolean config id: a command line gives ``--validate_voxels false`` as
+    the string ``'false'``, which Python's ``bool()`` would take as True.
+
+    Raises:
+        FlagError: naming ``--<name>`` and the value, for anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    try:
+        return str2bool(str(value).strip(), raise_exc=True)
+    except ValueError:
+        raise FlagError(f"--{name} must be true or false (true/false, yes/no, 1/0), got {value!r}.") from None
+
+
+def parse_flags(**flags: Any) -> dict[str, bool]:
+    """Every boolean config id of a run parsed with :func:`as_bool`; one :class:`FlagError` lists every bad one."""
+    values: dict[str, bool] = {}
+    problems: list[str] = []
+    for name, value in flags.items():
+        try:
+            values[name] = as_bool(value, name)
+        except FlagError as e:
+            problems.append(str(e))
+    if problems:
+        raise FlagError("invalid boolean settings:\n" + "\n".join(f"  {p}" for p in problems))
+    return values
+
+
+def bundle_error_of(error: BaseException | None) -> BundleError | None:
+    """The first :class:`BundleError` in the cause/context chain of ``error``, or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, BundleError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _hook(exc_type, exc, tb) -> None:  # noqa: ANN001 - sys.excepthook signature
+    found = bundle_error_of(exc)
+    if found is None:
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    if os.environ.get("BUNDLE_TRACEBACK", "").strip().lower() in ("1", "true", "yes"):
+        sys.__excepthook__(exc_type, exc, tb)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    sys.stderr.write(f"\nERROR: {type(found).__name__}: {found}\n")
+    sys.stderr.flush()
+
+
+def install_error_hook() -> bool:
+    """Report uncaught bundle errors concisely (see the module docstring); idempotent. Returns True."""
+    sys.excepthook = _hook
+    return True
