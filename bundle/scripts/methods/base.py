@@ -135,6 +135,18 @@ class SemiSupervisedMethod(nn.Module):
         unlabeled_logits, unlabeled_features = self.forward_heads(network, unlabeled)
         return labeled_logits, unlabeled_logits, labeled_features, unlabeled_features
 
+    @torch.no_grad()
+    def predict_heads(self, network: nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
+        """Every head's logits on ``batch`` with the network in eval mode and no gradient (targets:
+        pseudo-labels, teacher predictions); the network's train/eval mode is restored afterwards."""
+        was_training = network.training
+        network.eval()
+        try:
+            logits, _ = self.forward_heads(network, batch)
+        finally:
+            network.train(was_training)
+        return [x.detach() for x in logits]
+
     @staticmethod
     def fused(logits: list[torch.Tensor]) -> torch.Tensor:
         """The mean of the heads' logits: what ``network(image)`` predicts."""

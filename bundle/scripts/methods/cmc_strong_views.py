@@ -52,17 +52,6 @@ class CMCStrongViewMethod(CMCMethod):
         self.strong_view = strong_view
         self.strong_weight = strong_weight
 
-    @torch.no_grad()
-    def weak_predictions(self, network: nn.Module, unlabeled: torch.Tensor) -> list[torch.Tensor]:
-        """Every head's logits on the weak view, network in eval mode, without gradient."""
-        was_training = network.training
-        network.eval()
-        try:
-            logits, _ = self.forward_heads(network, unlabeled)
-        finally:
-            network.train(was_training)
-        return [x.detach() for x in logits]
-
     def cross_view_consistency(self, strong: list[torch.Tensor], weak: list[torch.Tensor]) -> torch.Tensor:
         """Mean CAC over every (strong head, weak head) pair."""
         return torch.stack([self.cac_loss([s, w]) for s in strong for w in weak]).mean()
@@ -72,7 +61,7 @@ class CMCStrongViewMethod(CMCMethod):
         weight = float(self.strong_weight(epoch)) if unlabeled is not None and epoch >= self.semi_start_epoch else 0.0
         if weight == 0.0:
             return out
-        weak = self.weak_predictions(network, unlabeled)
+        weak = self.predict_heads(network, unlabeled)
         strong_image, *weak_moved = self.strong_view(unlabeled, *weak)
         strong, _ = self.forward_heads(network, strong_image)
         cross = self.cross_view_consistency(strong, weak_moved)
