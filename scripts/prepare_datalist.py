@@ -160,7 +160,7 @@ def _split_counts(
         counts.append(_round_half_up(fraction * n))
     n_val, n_test = counts
     # every case in `testing` (no validation) is an external test set: a datalist to evaluate on only
-    external_test_set = n_val == 0 and n_test == n
+    external_test_set = n_val == 0 and n_test == n and not problems
     if n and n_val + n_test >= n and not external_test_set:
         problems.append(
             f"{n_val} validation + {n_test} testing cases leave no training case out of {n} {what}; "

@@ -244,15 +244,21 @@ def test_inference_config_stands_alone_and_matches_training_defaults():
                 "postprocessing", "inferer", "dataset", "evaluator", "output_dir", "initialize", "run"):
         assert key in infer, key
     for key in ("bundle_root", "spatial_dims", "modalities", "class_names", "num_classes", "roi_size", "axcodes",
-                "network_def", "network", "device"):
+                "network", "device"):
         assert infer.get(key) == train.get(key), key
+    # the same network; inference's copy first puts the bundle on sys.path (exports run from the root)
+    network_def = dict(infer.get("network_def"))
+    assert network_def.pop("_requires_") == "@bundle_on_sys_path"
+    assert network_def == train.get("network_def")
     assert infer.get("inferer") == train.get("validate#inferer")
     names = lambda transforms: [t["_target_"].split(".")[-1] for t in transforms]  # noqa: E731
     validation = train.get("validate#load") + train.get("validate#transforms")
-    assert names(infer.get("preprocessing#transforms"))[-3:] == names(validation)[-3:]
+    # after the reading (validation also reads and squeezes a label), the same transforms
+    after = lambda transforms: names(transforms)[names(transforms).index("Orientationd"):]  # noqa: E731
+    assert after(infer.get("preprocessing#transforms")) == after(validation) == ["Orientationd", "NormalizeIntensityd"]
     assert infer.get("preprocessing#transforms")[-1] == validation[-1]
-    # outputs go under the bundle by default, never next to the inputs
-    assert infer.get("output_dir") == "$@bundle_root + '/eval'"
+    # outputs go under the bundle (or its writable stand-in, work_root) by default, never next to the inputs
+    assert infer.get("output_dir") == "$@work_root + '/eval'"
 
 
 def test_evaluate_config_layers_on_train():
@@ -321,8 +327,10 @@ def test_modality_heads_wrapper_and_split():
     torch.testing.assert_close(d["pred"], fused[0])
     for m, key in enumerate(head_keys(HEADS)[1:]):
         torch.testing.assert_close(d[key], heads[m][0])
-    with pytest.raises(TypeError, match="forward_modalities"):
-        ModalityHeadsWrapper(torch.nn.Conv2d(3, 4, 1))
+    # a single network (no forward_modalities) has no heads: its prediction alone
+    single = torch.nn.Conv2d(3, 4, 1)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(ModalityHeadsWrapper(single)(x), single(x))
 
 
 def test_save_segmentation_refuses_to_overwrite_its_input(tmp_path):

@@ -200,6 +200,15 @@ def test_split_arguments_validated(tmp_path):
     assert "not both" in message and "--labeled_fraction" in message and "no training case" in message
 
 
+def test_an_external_test_set_puts_every_case_in_testing(tmp_path):
+    data = _make_myops(tmp_path / "myops", n_labeled=4, n_unlabeled=0)
+    path = prep.myops(str(data), output=str(tmp_path / "d.json"), num_validation=0, num_testing=4)
+    datalist = json.loads(open(path).read())
+    assert len(datalist["testing"]) == 4 and not datalist["training"] and not datalist["validation"]
+    with pytest.raises(prep.PreparationError, match="no training case"):  # a validation case needs training cases
+        prep.myops(str(data), output=str(tmp_path / "e.json"), num_validation=1, num_testing=3)
+
+
 def test_split_cases_is_order_independent():
     ids = [f"c{i}" for i in range(20)]
     a = prep.split_cases(ids, 3, 4, seed=5)
