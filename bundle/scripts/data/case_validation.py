@@ -365,7 +365,7 @@ class _Validator:
         return ""
 
     def _case(self, split: str, position: int, case: dict) -> list[str]:
-        where = f"{split} case '{case.get('case') or f'#{position}'}'"
+        where = f"{split} case {str(case.get('case') or f'#{position}')!r}"
         problems: list[str] = []
 
         def report(key: str, info: _FileInfo, path: str) -> None:

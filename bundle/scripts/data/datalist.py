@@ -176,7 +176,7 @@ def load_datalist(
         if raw_cases is None:
             raw_cases = []
         if not isinstance(raw_cases, list):
-            problems.append(f"split '{split}': must be a list of cases, got {type(raw_cases).__name__}")
+            problems.append(f"split {str(split)!r}: must be a list of cases, got {type(raw_cases).__name__}")
             raw_cases = []
         result[split] = [
             _normalise_case(raw, split, position, names, base_dir, check_files, problems, list_order)
@@ -311,14 +311,14 @@ def _resolve_path(
 ) -> str | None:
     """Absolute path of ``value`` (relative to ``base_dir``), or None with a problem added."""
     if not isinstance(value, str) or not value.strip():
-        problems.append(f"{where}: key '{key}': expected a file path, got {value!r}")
+        problems.append(f"{where}: key {str(key)!r}: expected a file path, got {value!r}")
         return None
     path = os.path.expanduser(value)
     if not os.path.isabs(path):
         path = os.path.join(base_dir, path)
     path = os.path.normpath(path)
     if check_files and not os.path.exists(path):
-        problems.append(_Missing(f"{where}: key '{key}': file not found: {path}"))
+        problems.append(_Missing(f"{where}: key {str(key)!r}: file not found: {path}"))
     return path
 
 
@@ -330,14 +330,16 @@ def _check_top_level_keys(content: dict[str, Any], modalities: list[str], proble
             continue
         close = difflib.get_close_matches(key.lower(), DATALIST_SPLITS, n=1, cutoff=0.75)
         if close:
-            problems.append(f"key '{key}': unknown top-level key; did you mean '{close[0]}'? (splits: {splits})")
+            problems.append(
+                f"key {str(key)!r}: unknown top-level key; did you mean {str(close[0])!r}? (splits: {splits})"
+            )
         elif (
             isinstance(value, list)
             and value
             and all(isinstance(c, dict) and {"case", "image", "label", *modalities} & set(c) for c in value)
         ):
             problems.append(
-                f"key '{key}': {len(value)} cases under an unknown split name; they are not used (splits: {splits})"
+                f"key {str(key)!r}: {len(value)} cases under an unknown split name; they are not used (splits: {splits})"
             )
 
 
@@ -393,7 +395,7 @@ def _normalise_case(
             case_id = _derive_case_id(first, modalities[0], per_modality=isinstance(image, list))
         elif present:
             case_id = _derive_case_id(raw[present[0]], present[0], per_modality=True)
-    where = f"{split} case '{case_id}'" if case_id else f"{split} case #{position}"
+    where = f"{split} case {str(case_id)!r}" if case_id else f"{split} case #{position}"
     case: dict[str, Any] = {"case": case_id if case_id else f"#{position}"}
 
     expected = f"one per modality: {', '.join(modalities)}"
@@ -411,11 +413,11 @@ def _normalise_case(
             return paths
         own, index = list_order
         if index is None:
-            problems.append(f"{where}: key '{key}': cannot match its paths to --modalities ({order_note})")
+            problems.append(f"{where}: key {str(key)!r}: cannot match its paths to --modalities ({order_note})")
             return None
         if len(paths) != len(own):
             problems.append(
-                f"{where}: key '{key}': expected {len(own)} paths (one per modality: {', '.join(own)}), got {len(paths)}"
+                f"{where}: key {str(key)!r}: expected {len(own)} paths (one per modality: {', '.join(own)}), got {len(paths)}"
             )
             return None
         return [paths[i] for i in index]
@@ -451,7 +453,7 @@ def _normalise_case(
     elif present:
         for m in modalities:
             if m not in raw:
-                problems.append(f"{where}: key '{m}': missing ({expected})")
+                problems.append(f"{where}: key {str(m)!r}: missing ({expected})")
         case["image"] = [
             _resolve_path(raw[m], base_dir, check_files, where, m, problems) for m in modalities if m in raw
         ]
@@ -469,7 +471,9 @@ def _normalise_case(
     elif isinstance(label, dict):
         for m in modalities:
             if m not in label:
-                problems.append(f"{where}: key 'label': no label for modality '{m}' (a label dict needs {expected})")
+                problems.append(
+                    f"{where}: key 'label': no label for modality {str(m)!r} (a label dict needs {expected})"
+                )
         unknown = sorted(set(label) - set(modalities))
         if unknown:
             problems.append(f"{where}: key 'label': unknown modalities {unknown} (expected {', '.join(modalities)})")
@@ -503,7 +507,7 @@ def _normalise_case(
         if paths and all(isinstance(p, str) and _IMAGE_EXTENSIONS.search(p.strip()) for p in paths):
             shown = ", ".join(os.path.normpath(os.path.join(base_dir, os.path.expanduser(p))) for p in paths)
             problems.append(
-                f"{where}: key '{key}': an image file under a key that is not a modality of this run "
+                f"{where}: key {str(key)!r}: an image file under a key that is not a modality of this run "
                 f"(modalities: {', '.join(modalities)}); add it to the modalities or remove the key: {shown}"
             )
         else:
@@ -522,14 +526,14 @@ def _check_case_ids(datalist: dict[str, list[dict]], problems: list[str]) -> Non
                 continue
             if case_id in seen:
                 problems.append(
-                    f"{split} case '{case_id}': key 'case': duplicate case id "
+                    f"{split} case {str(case_id)!r}: key 'case': duplicate case id "
                     f"(positions {seen[case_id]} and {position})"
                 )
                 continue
             seen[case_id] = position
             if case_id in first_split:
                 problems.append(
-                    f"{split} case '{case_id}': key 'case': also in split '{first_split[case_id]}' (data leakage)"
+                    f"{split} case {str(case_id)!r}: key 'case': also in split {str(first_split[case_id])!r} (data leakage)"
                 )
             else:
                 first_split[case_id] = split
@@ -558,8 +562,8 @@ def _check_shared_images(datalist: dict[str, list[dict]], problems: list[str]) -
                     continue
                 reported.add(pair)
                 problems.append(
-                    f"{split} case '{case['case']}': key 'image': file also used by {other_split} case "
-                    f"'{other_case}' (data leakage): {path}"
+                    f"{split} case {str(case['case'])!r}: key 'image': file also used by {other_split} case "
+                    f"{str(other_case)!r} (data leakage): {path}"
                 )
 
 

@@ -72,7 +72,7 @@ def _cases_from_datalist(datalist_file: str, dataset_dir: str | None, data_split
     raw = content.get(data_split)
     if not isinstance(raw, list) or not raw:
         available = [k for k, v in content.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
-        raise DatalistError([f"split '{data_split}': no cases (splits with cases: {available})"], datalist_file)
+        raise DatalistError([f"split {str(data_split)!r}: no cases (splits with cases: {available})"], datalist_file)
     base_dir = _abspath(dataset_dir) if dataset_dir else os.path.dirname(_abspath(datalist_file))
     problems: list[str] = []
     # files are not checked here: a missing file fails its own case at load time, not the run
@@ -161,7 +161,9 @@ def inference_cases(
         files = input_files_of(case.get("image")) + input_files_of(case.get("label"))
         case_id = str(case["case"])
         if case_id in seen:
-            raise ValueError(f"case id '{case_id}' appears twice: the two segmentations would overwrite each other.")
+            raise ValueError(
+                f"case id {str(case_id)!r} appears twice: the two segmentations would overwrite each other."
+            )
         seen.add(case_id)
         result.append({"case": case_id, "image": case["image"], "input_files": files})
     if output_dir:
@@ -170,7 +172,7 @@ def inference_cases(
             target = segmentation_path(output_dir, c["case"], output_postfix, output_ext)
             if os.path.realpath(target) in inputs:
                 raise FileExistsError(
-                    f"case '{c['case']}': refusing to run: its segmentation {target} would overwrite the input file "
+                    f"case {str(c['case'])!r}: refusing to run: its segmentation {target} would overwrite the input file "
                     f"{inputs[os.path.realpath(target)]}; choose another output_dir or output_postfix."
                 )
     return result

@@ -280,7 +280,7 @@ class _ModalityMotionApplier(MapTransform):
             img = d[key]
             if not hasattr(img, "shape") or len(img.shape) not in (3, 4):
                 raise ValueError(
-                    f"'{key}' must be channel-first (M, H, W) or (M, H, W, D), got shape {tuple(getattr(img, 'shape', ()))}."
+                    f"{str(key)!r} must be channel-first (M, H, W) or (M, H, W, D), got shape {tuple(getattr(img, 'shape', ()))}."
                 )
             return int(img.shape[0]), tuple(int(s) for s in img.shape[1:])
         return None
@@ -292,7 +292,7 @@ class _ModalityMotionApplier(MapTransform):
             img = d[key]
             if int(img.shape[0]) != num_modalities or tuple(img.shape[1:]) != shape:
                 raise ValueError(
-                    f"'{key}' has shape {tuple(img.shape)}, other image keys ({num_modalities}, *{shape})."
+                    f"{str(key)!r} has shape {tuple(img.shape)}, other image keys ({num_modalities}, *{shape})."
                 )
             spacing = voxel_spacing_of(img, len(shape)) if spacing is None else spacing
             d[key] = self._move(img, motions, spacing, self.mode)
@@ -304,12 +304,12 @@ class _ModalityMotionApplier(MapTransform):
             if channels == 1:
                 if self.reference_modality is None:
                     raise ValueError(
-                        f"'{key}' has one channel: it lies on the reference modality's grid, but reference_modality is None."
+                        f"{str(key)!r} has one channel: it lies on the reference modality's grid, but reference_modality is None."
                     )
                 continue  # co-registered data: the label stays on the reference grid
             if channels != num_modalities or tuple(label.shape[1:]) != shape:
                 raise ValueError(
-                    f"'{key}' of shape {tuple(getattr(label, 'shape', ()))} must have 1 channel (one label on the "
+                    f"{str(key)!r} of shape {tuple(getattr(label, 'shape', ()))} must have 1 channel (one label on the "
                     f"reference grid) or {num_modalities} (one per modality) on the image grid {shape}."
                 )
             d[key] = self._move(

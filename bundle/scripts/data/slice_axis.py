@@ -84,7 +84,7 @@ class SliceAxisLastd(MapTransform, InvertibleTransform):
             img = d[key]
             if not isinstance(img, MetaTensor) or img.ndim != 4:
                 raise ValueError(
-                    f"SliceAxisLastd: '{key}' of "
+                    f"SliceAxisLastd: {str(key)!r} of "
                     f"{img.meta.get('filename_or_obj', 'the case') if isinstance(img, MetaTensor) else 'the case'} "
                     f"must be a channel-first 3-D MetaTensor (C, H, W, D), got {type(img).__name__} "
                     f"of shape {tuple(getattr(img, 'shape', ()))}."

@@ -201,7 +201,7 @@ class SaveSegmentationd(SaveImaged):
             clash = [p for p in inputs if p and os.path.exists(p) and os.path.realpath(p) == target]
             if clash:
                 raise FileExistsError(
-                    f"case '{case_id}': refusing to write the segmentation to {target}: it is an input file "
+                    f"case {str(case_id)!r}: refusing to write the segmentation to {target}: it is an input file "
                     f"({clash[0]}); choose another output_dir or output_postfix."
                 )
         return super().__call__(d)

@@ -58,7 +58,7 @@ def root_cause(error: BaseException) -> BaseException:
 
 def _describe(case_id: str, files: Sequence[str], error: BaseException) -> str:
     cause = root_cause(error)
-    where = f"case '{case_id}'" + (f" (files: {', '.join(files)})" if files else "")
+    where = f"case {str(case_id)!r}" + (f" (files: {', '.join(files)})" if files else "")
     return f"{where}: {type(cause).__name__}: {cause}"
 
 
@@ -124,7 +124,7 @@ class CaseTolerantDataset(Dataset):
                     and value.is_floating_point()
                     and not bool(torch.isfinite(value).all())
                 ):
-                    raise ValueError(f"'{key}' holds NaN or Inf values after preprocessing")
+                    raise ValueError(f"{str(key)!r} holds NaN or Inf values after preprocessing")
             return item
         except Exception as e:  # noqa: BLE001 - every error of one case is reported, not raised
             message = self._diagnose(case) or _describe(case_id, self.files(case_id), e)

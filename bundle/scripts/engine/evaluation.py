@@ -80,7 +80,9 @@ class SplitHeadsd(MapTransform):
             pred = d[key]
             n = len(self.heads)
             if pred.shape[0] % n:
-                raise ValueError(f"'{key}' has {pred.shape[0]} channels, not a multiple of {n} heads {self.heads}.")
+                raise ValueError(
+                    f"{str(key)!r} has {pred.shape[0]} channels, not a multiple of {n} heads {self.heads}."
+                )
             chunks = torch.chunk(pred, n, dim=0) if isinstance(pred, torch.Tensor) else np.split(pred, n, axis=0)
             for out_key, chunk in zip(head_keys(self.heads, str(key)), chunks, strict=False):
                 d[out_key] = chunk
@@ -160,14 +162,14 @@ def segmentation_metrics(
 def labeled_cases(datalist: Mapping[str, Sequence[dict]], split: str) -> list[dict]:
     """The cases of ``split``, which must all have a single label file (evaluation needs labels)."""
     if split not in datalist:
-        raise ValueError(f"eval_split '{split}' is not a datalist split (splits: {sorted(datalist)}).")
+        raise ValueError(f"eval_split {str(split)!r} is not a datalist split (splits: {sorted(datalist)}).")
     cases = list(datalist[split])
     if not cases:
-        raise ValueError(f"eval_split '{split}': no cases to evaluate.")
+        raise ValueError(f"eval_split {str(split)!r}: no cases to evaluate.")
     unlabeled = [c.get("case", "?") for c in cases if not isinstance(c.get("label"), str)]
     if unlabeled:
         raise ValueError(
-            f"eval_split '{split}': evaluation needs one label file per case; missing or per-modality labels in "
+            f"eval_split {str(split)!r}: evaluation needs one label file per case; missing or per-modality labels in "
             f"cases {unlabeled}."
         )
     return cases
@@ -263,7 +265,7 @@ class EvaluationReport:
                 try:
                     self._overlay(case_id, output)
                 except Exception as e:  # noqa: BLE001 - a picture must not stop the evaluation
-                    self.logger.warning(f"case '{case_id}': overlay not drawn: {e}")
+                    self.logger.warning(f"case {str(case_id)!r}: overlay not drawn: {e}")
 
     def _overlay(self, case_id: str, output: Mapping) -> None:
         import matplotlib

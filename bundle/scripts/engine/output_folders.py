@@ -134,7 +134,7 @@ def check_output_folders(
     free: dict[str, float] = {}
     for key, folder in items:
         path = Path(str(folder)).expanduser()
-        what = f"{key} '{path}'" if key else f"'{path}'"
+        what = f"{key} {str(path)!r}" if key else f"{str(path)!r}"
         hint = f" (set it with --{key})" if key else ""
         if path.exists() and not path.is_dir():
             raise OutputFolderError(f"output folder {what} is a file, not a folder. Choose another location{hint}.")
