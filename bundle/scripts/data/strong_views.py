@@ -64,6 +64,9 @@ def _check_probability(name: str, value: float) -> float:
 
 class SequenceIntensityPerturbation(nn.Module):
     """
+    (Batched on the training device, one draw per case and channel: MONAI's ``RandAdjustContrast`` /
+    ``RandGaussianNoise`` act on one case at a time, with one draw for all its channels.)
+
     Independent intensity perturbation of every sequence (channel) of every case.
 
     With probability ``prob`` per case and channel, the channel ``x`` becomes::
@@ -243,6 +246,10 @@ class BatchModalityMisalignment(nn.Module):
 
 class BoxCutMix(nn.Module):
     """
+    (Written here rather than using ``monai.transforms.CutMix``: MONAI's mixes the label with the area
+    weight, as for classification; segmentation pseudo-labels and their confidence masks must be cut
+    with the same box, voxel by voxel.)
+
     CutMix between the cases of a batch (Yun et al., "CutMix", ICCV 2019), applied identically to the
     images and to their per-voxel targets.
 
