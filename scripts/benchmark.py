@@ -270,6 +270,25 @@ def machine() -> dict:
     return info
 
 
+def _machine_text(info: dict) -> str:
+    return "; ".join(f"{k} {v}" for k, v in info.items()) if info else "not recorded"
+
+
+def _machines(results: list[dict], info: dict | None) -> list[tuple[dict, list[str]]]:
+    """The distinct machines of ``results`` (a run's own ``machine``, else ``info``), each with its runs."""
+    out: list[tuple[dict, list[str]]] = []
+    for r in results:
+        where = r.get("machine") or info or {}
+        name = f"{r['method']}@{r['labeled_fraction']:g}/seed{r['seed']}"
+        for known, names in out:
+            if known == where:
+                names.append(name)
+                break
+        else:
+            out.append((where, [name]))
+    return out
+
+
 def write_report(results: list[dict], output: Path, title: str = "", baseline: str = "supervised",
                  num_bootstrap: int = 10000, info: dict | None = None) -> str:
     """Markdown report (summary over seeds, paired differences, every run, commands) at ``output``,
@@ -308,9 +327,12 @@ def write_report(results: list[dict], output: Path, title: str = "", baseline: s
         cells += [_fmt(r["test"][h]["dice"]["mean"]) if h in r["test"] else "n/a" for h in heads[1:]]
         cells += [_fmt(r["best_val_mean_dice"]), f"{r['train_s']:.0f}", f"{r['eval_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    info = info or {}
-    if info:
-        lines += ["", "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items())]
+    machines = _machines(results, info)
+    if len(machines) == 1:
+        lines += ["", "Machine: " + _machine_text(machines[0][0])]
+    else:
+        lines += ["", "Machines (runs merged from several reports):", ""]
+        lines += [f"- {_machine_text(where)}: {', '.join(names)}" for where, names in machines]
     lines += ["", "Commands (training, then evaluation on the held-out test cases):", ""]
     for r in results:
         lines += [f"- {r['method']} @ {r['labeled_fraction']:.0%}, seed {r['seed']}:", "  ```",
@@ -330,10 +352,13 @@ def _num_labeled(datalist: str, fraction: float) -> int:
 
 
 def _previous_runs(path: Path) -> list[dict]:
+    """The runs of a JSON report; each keeps the machine it ran on (older reports name it once)."""
     if not path.is_file():
         return []
     content = json.loads(path.read_text())
-    return content["runs"] if isinstance(content, dict) else content
+    if not isinstance(content, dict):
+        return content
+    return [dict(r, machine=r.get("machine") or content.get("machine") or {}) for r in content["runs"]]
 
 
 def run_benchmark(
@@ -400,6 +425,8 @@ def run_benchmark(
     out = Path(output).resolve()
     root = Path(runs_dir).resolve() if runs_dir else out.parent
     done = {(r["train_command"], r["eval_command"]): r for r in _previous_runs(out.with_suffix(".json"))}
+    if not pairs:
+        seed_list = sorted({int(r["seed"]) for r in included})
     title = title or f"seeds {seed_list}; split seed {'= seed' if split_seed is None else split_seed}; datalist {datalist}"
     info = machine()
     plan = [(m, f, s) for m, f in pairs for s in seed_list]
@@ -438,7 +465,7 @@ def run_benchmark(
             "seed": run_seed, "split_seed": split, "test": test["summary"], "case_dice": _case_dice(test),
             "num_test_cases": test["num_cases"], "best_val_mean_dice": val["best_metric"],
             "best_epoch": val["best_metric_epoch"], "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
-            "train_command": key[0], "eval_command": key[1],
+            "train_command": key[0], "eval_command": key[1], "machine": info,
         }
         print(f"{tag}: done, test mean Dice {row['test']['fused']['dice']['mean']:.4f} over {row['num_test_cases']} "
               f"cases, HD95 {_fmt(row['test']['fused']['hd95']['mean'], 1)} mm; train {train_s:.0f} s", flush=True)

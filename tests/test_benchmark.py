@@ -154,3 +154,18 @@ def test_thread_benchmark_reports_every_setting(tmp_path, capsys):
     assert all(r["seconds_per_iteration"] > 0 for r in result.values())
     assert result["1"]["speed_vs_first"] == 1.0
     assert "| 1x2 |" in capsys.readouterr().out
+
+
+def test_merged_report_keeps_the_machine_of_every_run(tmp_path):
+    cpu = {"platform": "linux", "cuda": None}
+    gpu = {"platform": "linux", "cuda": "NVIDIA H200"}
+    (tmp_path / "cpu.json").write_text(json.dumps({"runs": [_row("sup", 0.2, 0, {"a": 0.5})], "machine": cpu}))
+    (tmp_path / "gpu.json").write_text(json.dumps({"runs": [_row("ws", 0.2, 0, {"a": 0.7})], "machine": gpu}))
+    runs = bench._previous_runs(tmp_path / "cpu.json") + bench._previous_runs(tmp_path / "gpu.json")
+    assert [r["machine"] for r in runs] == [cpu, gpu]  # a report's one machine spreads to each of its runs
+    text = bench.write_report(runs, tmp_path / "m.md", baseline="sup", num_bootstrap=10, info={"platform": "here"})
+    assert "- platform linux; cuda None: sup@0.2/seed0" in text
+    assert "- platform linux; cuda NVIDIA H200: ws@0.2/seed0" in text
+    assert "platform here" not in text  # not the machine that merged them
+    one = bench.write_report(runs[:1], tmp_path / "one.md", baseline="sup", num_bootstrap=10)
+    assert "Machine: platform linux; cuda None" in one
