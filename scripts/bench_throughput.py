@@ -233,8 +233,10 @@ def build_training(
     synthetic: dict | None = None,
     spatial_dims: int = 2,
     roi_size: int | None = None,
+    loader: str | None = None,
 ) -> dict[str, Any]:
-    """The CMC training workflow of ``train.yaml`` (one epoch of ``iterations``), parsed but not run."""
+    """The CMC training workflow of ``train.yaml`` (one epoch of ``iterations``), parsed but not run;
+    ``loader`` replaces the class of its two training loaders (e.g. ``DataLoader``)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -257,6 +259,9 @@ def build_training(
         overrides["synthetic_dir"] = synthetic_dir
     if synthetic is not None:
         overrides["synthetic"] = dict(synthetic)
+    if loader is not None:
+        overrides["train#dataloader#_target_"] = loader
+        overrides["train#unlabeled_dataloader#_target_"] = loader
     for key, value in overrides.items():
         parser[key] = value
     parser.parse(True)
@@ -366,11 +371,15 @@ def training_throughput(
     synthetic_dir: str | None = None,
     synthetic: dict | None = None,
     roi_size: int | None = None,
+    compare_loader: str | None = "ThreadDataLoader",
 ) -> dict[str, Any]:
     """Samples per second of the bundle workflow and of a hand-written loop, timed in alternation.
 
     A sample is one image of the iteration's labeled or unlabeled batch. ``synthetic_dir`` /
     ``synthetic`` default to the bundle's embedded dataset (generated once under ``bundle/data``).
+    ``compare_loader``: also time the workflow with its training loaders replaced by this class
+    (``ThreadDataLoader``: batches prepared in a background thread while the network computes), in
+    the same alternation; ``None`` skips it.
     """
     logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"), force=True)  # logs formatted, not shown
     with tempfile.TemporaryDirectory() as workdir:
@@ -380,19 +389,27 @@ def training_throughput(
             int(built["parser"].get_parsed_content("unlabeled_batch_size")) if trainer._has_unlabeled() else 0
         )
         batches = _draw_batches(trainer, iterations)
+        other = None
+        if compare_loader:
+            other = build_training(iterations, batch_size, num_workers, os.path.join(workdir, "other"),
+                                   synthetic_dir, synthetic, roi_size=roi_size, loader=compare_loader)["trainer"]
 
-        def one_more_epoch() -> None:
+        def one_more_epoch(engine: Any = trainer) -> None:
             # `run()` continues from the previous state: one more epoch of `iterations` iterations
-            trainer.state.max_epochs = trainer.state.epoch + 1
-            trainer.run()
+            engine.state.max_epochs = engine.state.epoch + 1
+            engine.run()
 
         # warm-up (allocations, first data-loader iterator), then alternate
         one_more_epoch()
         _manual_loop(trainer, batches, iterations)
-        bundle_times, manual_times = [], []
+        if other is not None:
+            one_more_epoch(other)
+        bundle_times, manual_times, other_times = [], [], []
         for _ in range(int(repeats)):
             bundle_times.append(_timed(one_more_epoch))
             manual_times.append(_timed(lambda: _manual_loop(trainer, batches, iterations)))
+            if other is not None:
+                other_times.append(_timed(lambda: one_more_epoch(other)))
         samples = samples_per_iteration * int(iterations)
         bundle_rate = samples / statistics.median(bundle_times)
         manual_rate = samples / statistics.median(manual_times)
@@ -411,7 +428,16 @@ def training_throughput(
             "manual_samples_per_s": manual_rate,
             "ratio_bundle_over_manual": bundle_rate / manual_rate,
             "paired_ratio_median": paired,
+            "loader": type(trainer.data_loader).__name__,
         }
+        if other is not None:
+            result["compare_loader"] = {
+                "loader": type(other.data_loader).__name__,
+                "seconds": other_times,
+                "samples_per_s": samples / statistics.median(other_times),
+                "ratio_over_manual": manual_rate and (samples / statistics.median(other_times)) / manual_rate,
+                "paired_ratio_median": statistics.median(m / o for o, m in zip(other_times, manual_times)),
+            }
         if profile or min(result["ratio_bundle_over_manual"], paired) < min_ratio:
             result["profile"] = _profile(one_more_epoch)
         return result
@@ -538,13 +564,21 @@ def _format_report(results: dict[str, Any]) -> str:
             f"[training throughput] CMC, input {t['input_shape']}, {t['samples_per_iteration']} samples/iteration "
             f"(labeled + unlabeled), {t['iterations']} iterations x {t['repeats']} alternating repeats, "
             f"num_workers {t['num_workers']}, amp {t['amp']}",
-            f"  bundle workflow : {t['bundle_samples_per_s']:8.2f} samples/s  (runs: "
+            f"  bundle workflow ({t['loader']}): {t['bundle_samples_per_s']:8.2f} samples/s  (runs: "
             + ", ".join(f"{s:.2f}" for s in t["bundle_seconds"]) + " s)",
             f"  hand-written    : {t['manual_samples_per_s']:8.2f} samples/s  (runs: "
             + ", ".join(f"{s:.2f}" for s in t["manual_seconds"]) + " s)",
             f"  ratio bundle / hand-written: {t['ratio_bundle_over_manual']:.3f} (medians), "
             f"{t['paired_ratio_median']:.3f} (median of adjacent pairs)",
         ]
+        o = t.get("compare_loader")
+        if o:
+            out += [
+                f"  bundle workflow with {o['loader']}: {o['samples_per_s']:8.2f} samples/s  (runs: "
+                + ", ".join(f"{s:.2f}" for s in o["seconds"]) + " s)",
+                f"  ratio with {o['loader']} / hand-written: {o['ratio_over_manual']:.3f} (medians), "
+                f"{o['paired_ratio_median']:.3f} (median of adjacent pairs)",
+            ]
         if "profile" in t:
             out += ["  profile of one workflow run (cProfile, cumulative):", t["profile"]]
     c = results.get("csc_memory")
@@ -585,6 +619,7 @@ def run_benchmarks(
     batch_size: int = 8,
     num_workers: int = 0,
     profile: bool = False,
+    compare_loader: str | None = "ThreadDataLoader",
     crop_sizes: Sequence[int] = (32, 48, 64),
     threads: int | None = None,
     brain_roi: int = 96,
@@ -602,6 +637,8 @@ def run_benchmarks(
         batch_size: labeled (and unlabeled) batch size.
         num_workers: data-loading workers of the workflow.
         profile: profile the workflow even when it is fast enough.
+        compare_loader: also time the workflow with this class as its training loaders (default
+            ``ThreadDataLoader``, which prepares batches in a background thread); ``None`` skips it.
         crop_sizes: 3-D crop sizes at which the CSC losses are measured.
         threads: ``torch.set_num_threads`` for every measurement (default: torch's choice, one per
             core). On a machine whose cores are shared with other jobs, 1 avoids the stalls of
@@ -617,7 +654,8 @@ def run_benchmarks(
         torch.set_num_threads(int(threads))
     results: dict[str, Any] = {"machine": machine_description(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     if "training" in sections:
-        results["training"] = training_throughput(iterations, repeats, batch_size, num_workers, profile=profile)
+        results["training"] = training_throughput(iterations, repeats, batch_size, num_workers, profile=profile,
+                                                  compare_loader=compare_loader)
     if "memory" in sections:
         results["csc_memory"] = csc_memory(crop_sizes)
     if "inference" in sections:

@@ -71,6 +71,10 @@ def test_training_throughput_structure(tmp_path):
     for key in ("bundle_samples_per_s", "manual_samples_per_s", "ratio_bundle_over_manual", "paired_ratio_median"):
         assert result[key] > 0 and math.isfinite(result[key])
     assert "profile" not in result
+    assert result["loader"] == "DataLoader"  # the config's loaders, timed against background-thread loaders
+    other = result["compare_loader"]
+    assert other["loader"] == "ThreadDataLoader" and len(other["seconds"]) == 1
+    assert other["samples_per_s"] > 0 and math.isfinite(other["paired_ratio_median"])
 
 
 def test_inference_timings_structure(tmp_path):
@@ -97,3 +101,17 @@ def test_report_and_json(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["machine"]["nproc"] >= 1 and saved["machine"]["torch"] == torch.__version__
     assert results["csc_memory"]["measured"][0]["crop"] == 16
+
+
+def test_evaluation_benchmark_compares_like_with_like():
+    # the two-pass reference of scripts/bench_evaluation.py gives exactly the one-pass wrapper's output
+    spec = importlib.util.spec_from_file_location("bench_evaluation", REPO_ROOT / "scripts" / "bench_evaluation.py")
+    evaluation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluation)
+    from scripts.networks.cmc_net import CMCNet
+    from scripts.networks.modality_heads import ModalityHeadsWrapper
+
+    net = CMCNet(2, 3, 4, channels=(4, 8)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ModalityHeadsWrapper(net)(x), evaluation.TwoPassHeads(net)(x))

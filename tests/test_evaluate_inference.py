@@ -327,6 +327,24 @@ def test_modality_heads_wrapper_and_split():
     torch.testing.assert_close(d["pred"], fused[0])
     for m, key in enumerate(head_keys(HEADS)[1:]):
         torch.testing.assert_close(d[key], heads[m][0])
+    # one pass: the encoders run once per modality, not once for forward and again for the heads
+    calls = []
+    hooks = [e.register_forward_hook(lambda *_: calls.append(1)) for e in net.encoders]
+    with torch.no_grad():
+        ModalityHeadsWrapper(net)(x)
+    assert len(calls) == 3
+    for h in hooks:
+        h.remove()
+    # Semi-CML's networks: the prediction averages the available modalities only, as forward does
+    from scripts.networks.decoupled_net import DecoupledMultiModalNet
+
+    decoupled = DecoupledMultiModalNet(2, 3, 4, channels=(4, 8), strides=(2,), available_modalities=[0, 2]).eval()
+    with torch.no_grad():
+        out = ModalityHeadsWrapper(decoupled)(x)
+        heads, _ = decoupled.forward_modalities(x)
+        torch.testing.assert_close(out[:, :4], decoupled(x))
+        torch.testing.assert_close(out[:, :4], (heads[0] + heads[2]) / 2)
+        torch.testing.assert_close(out[:, 8:12], heads[1])
     # a single network (no forward_modalities) has no heads: its prediction alone
     single = torch.nn.Conv2d(3, 4, 1)
     x = torch.randn(2, 3, 8, 8)

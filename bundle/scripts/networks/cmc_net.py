@@ -443,4 +443,9 @@ class CMCNet(nn.Module):
                 return self.forward_modalities(image)  # type: ignore[return-value]
             raise RuntimeError("CMCNet: heads=True is not available in TorchScript; call forward_modalities().")
         logits, _ = self.forward_modalities(image)
+        return self.average_heads(logits)
+
+    def average_heads(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """The network's prediction from its heads' logits (those of :meth:`forward_modalities`):
+        their mean, as :meth:`forward` returns it."""
         return torch.stack(logits, dim=0).mean(dim=0)

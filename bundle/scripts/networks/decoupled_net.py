@@ -214,3 +214,13 @@ class DecoupledMultiModalNet(nn.Module):
             if m in self.available_modalities:
                 logits.append(network(image[:, m : m + 1]))
         return torch.stack(logits, dim=0).mean(dim=0)
+
+    def average_heads(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """The network's prediction from every modality network's logits (all ``M``, in modality
+        order, as :meth:`forward_modalities` returns them): the mean over ``available_modalities``,
+        as :meth:`forward` returns it."""
+        available: list[torch.Tensor] = []
+        for m, head in enumerate(logits):
+            if m in self.available_modalities:
+                available.append(head)
+        return torch.stack(available, dim=0).mean(dim=0)

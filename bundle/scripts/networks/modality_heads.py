@@ -12,19 +12,22 @@ __all__ = ["ModalityHeadsWrapper"]
 class ModalityHeadsWrapper(nn.Module):
     """
     Wraps a network that has ``forward_modalities`` (e.g. ``CMCNet``, ``DecoupledMultiModalNet``)
-    so that ONE forward pass returns the fused prediction and every modality head's prediction,
+    so that ONE forward pass returns the network's prediction and every modality head's prediction,
     concatenated on the channel axis::
 
-        output[:, 0:C]             network(image)              (the fused prediction)
-        output[:, C*(m+1):C*(m+2)]  forward_modalities(image)[0][m]   (head of modality m)
+        heads = forward_modalities(image)[0]
+        output[:, 0:C]              average_heads(heads)   (the network's prediction)
+        output[:, C*(m+1):C*(m+2)]  heads[m]               (head of modality m)
 
     A single tensor goes through any MONAI inferer (e.g. ``SlidingWindowInferer`` stitches all the
     heads at once); split it back with :class:`scripts.engine.evaluation.SplitHeadsd`.
 
-    The fused prediction is whatever the wrapped network's ``forward`` returns (the mean of the
-    heads for ``CMCNet``; the mean over ``available_modalities`` for ``DecoupledMultiModalNet``),
-    so it is exactly what inference produces. ``forward_modalities`` may return the list of head
-    logits or a tuple whose first item is that list.
+    The network's prediction is computed from the heads by the network's own ``average_heads``
+    (the mean of the heads for ``CMCNet``; the mean over ``available_modalities`` for
+    ``DecoupledMultiModalNet``), which is what its ``forward``, and so inference, returns: the
+    encoders and decoders run once, not once for ``forward`` and again for the heads. A network
+    with ``forward_modalities`` but no ``average_heads`` is run twice (``forward``, then the heads).
+    ``forward_modalities`` may return the list of head logits or a tuple whose first item is that list.
 
     A network without ``forward_modalities`` (one network reading all sequences, e.g. a MONAI
     ``UNet``) has no heads: the output is its prediction alone.
@@ -39,12 +42,13 @@ class ModalityHeadsWrapper(nn.Module):
         super().__init__()
         self.network = network
         self.has_heads = callable(getattr(network, "forward_modalities", None))
+        self.averages_heads = callable(getattr(network, "average_heads", None))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        fused = self.network(image)
         if not self.has_heads:
-            return fused
+            return self.network(image)
         heads = self.network.forward_modalities(image)
         if isinstance(heads, tuple) and heads and isinstance(heads[0], (list, tuple)):
             heads = heads[0]
-        return torch.cat([fused, *heads], dim=1)
+        prediction = self.network.average_heads(heads) if self.averages_heads else self.network(image)
+        return torch.cat([prediction, *heads], dim=1)
