@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from monai.utils import str2bool
 
 __all__ = [
     "PreparationError",
@@ -374,17 +375,14 @@ def _summary(command: str, output: str, content: dict, notes: Sequence[str]) -> 
 
 
 def _to_bool(value: Any, name: str, command: str) -> bool:
-    """A flag given as a bool, or on the command line as true/false/yes/no/1/0 (fire keeps those as text)."""
-    if isinstance(value, bool):
-        return value
+    """A flag given as a bool, or on the command line as true/false/yes/no/1/0 (fire keeps those as
+    text), parsed by MONAI's ``str2bool``."""
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "1", "on"):
-        return True
-    if text in ("false", "no", "0", "off"):
-        return False
-    raise PreparationError([f"--{name} must be true or false, got {value!r}"], command)
+    try:
+        return str2bool(value if isinstance(value, bool) else str(value).strip())
+    except ValueError:
+        raise PreparationError([f"--{name} must be true or false, got {value!r}"], command) from None
 
 
 def _as_list(value: Any, name: str, problems: list[str]) -> list[str] | None:

@@ -259,3 +259,10 @@ def test_network_feature_source_chooses_the_bottleneck_before_or_after_attention
     assert torch.allclose(scripted(image), encoder_net(image), atol=1e-10)
     with pytest.raises(ValueError, match="feature_source"):
         CMCNet(spatial_dims=2, num_modalities=2, out_channels=2, feature_source="fused")
+
+
+def test_unlabeled_batches_are_asked_for_from_semi_start_epoch_on():
+    method = _method(start=2.0)
+    assert not method.uses_unlabeled_at(0.0) and not method.uses_unlabeled_at(1.99)
+    assert method.uses_unlabeled_at(2.0) and method.uses_unlabeled_at(5.0)
+    assert _method().uses_unlabeled_at(0.0)

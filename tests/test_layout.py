@@ -20,3 +20,57 @@ def test_bundle_scripts_wins_from_repository_root():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(BUNDLE / "scripts" / "__init__.py")
+
+
+# the bundle's layers, in the order the data flows; a module may import its own layer and those before it
+LAYERS = ["errors", "data", "networks", "losses", "engine", "methods", "distributed"]
+
+
+def _imported_layers(path, package_parts):
+    """The bundle layers (first component under ``scripts``) that the module at ``path`` imports."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's package
+                base = package_parts[: len(package_parts) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] if node.module else [f"{module}.{a.name}" for a in node.names]
+            else:
+                names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "scripts" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    root = BUNDLE / "scripts"
+    problems = []
+    checked = 0
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("").parts
+        layer = rel[0]
+        if layer == "__init__":
+            continue
+        package = ["scripts", *rel[:-1]]  # a module's package; an __init__'s own package
+        assert layer in LAYERS, f"{path}: in no known layer; add it to LAYERS"
+        for imported in _imported_layers(path, package):
+            checked += 1
+            if imported in LAYERS and LAYERS.index(imported) > LAYERS.index(layer):
+                problems.append(f"{path.relative_to(BUNDLE)} ({layer}) imports {imported}")
+    assert checked > 20  # the walk did see the package's imports
+    assert not problems, "imports against the data flow:\n" + "\n".join(problems)
+
+
+def test_layer_check_sees_relative_and_absolute_imports(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("from ..methods.cmc import X\nfrom scripts.distributed import y\nfrom . import z\nimport scripts.data\n")
+    assert _imported_layers(module, ["scripts", "engine"]) == {"methods", "distributed", "engine", "data"}

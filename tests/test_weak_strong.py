@@ -245,6 +245,8 @@ def test_total_loss_is_the_weighted_sum_of_independently_computed_terms():
                                        SigmoidRampUp(1.0, length=0, start=5.0))
     early = late.step(net, image, label, unlabeled, epoch=1.0)
     assert set(early.terms) == {"loss_sup"}
+    # and the trainer is told not to load unlabeled batches before the schedule starts
+    assert not late.uses_unlabeled_at(4.99) and late.uses_unlabeled_at(5.0)
 
 
 def test_pseudo_labels_come_from_the_teacher_in_eval_mode():

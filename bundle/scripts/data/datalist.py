@@ -29,7 +29,16 @@ import numpy as np
 from ..errors import BundleError
 from .synthetic import generate_synthetic_dataset
 
-__all__ = ["DATALIST_SPLITS", "Datalist", "DatalistError", "load_datalist", "resolve_datalist"]
+__all__ = [
+    "DATALIST_SPLITS",
+    "Datalist",
+    "DatalistError",
+    "derive_case_id",
+    "list_order",
+    "load_datalist",
+    "normalise_case",
+    "resolve_datalist",
+]
 
 #: case lists of a datalist, in the order they are reported.
 DATALIST_SPLITS = ("training", "unlabeled", "validation", "testing")
@@ -169,7 +178,7 @@ def load_datalist(
         base_dir = os.path.dirname(datalist_path)
 
     _check_top_level_keys(content, names, problems)
-    list_order = _list_order(names, content)
+    order = list_order(names, content)
     result: dict[str, list[dict]] = Datalist()
     for split in DATALIST_SPLITS:
         raw_cases = content.get(split, [])
@@ -179,7 +188,7 @@ def load_datalist(
             problems.append(f"split {str(split)!r}: must be a list of cases, got {type(raw_cases).__name__}")
             raw_cases = []
         result[split] = [
-            _normalise_case(raw, split, position, names, base_dir, check_files, problems, list_order)
+            normalise_case(raw, split, position, names, base_dir, check_files, problems, order)
             for position, raw in enumerate(raw_cases)
         ]
     if not content.get("training"):
@@ -343,7 +352,7 @@ def _check_top_level_keys(content: dict[str, Any], modalities: list[str], proble
             )
 
 
-def _list_order(modalities: list[str], content: dict[str, Any]) -> tuple[list[str], list[int] | None] | None:
+def list_order(modalities: list[str], content: dict[str, Any]) -> tuple[list[str], list[int] | None] | None:
     """How ``"image": [...]`` lists, written in the datalist's own ``modalities`` order, map onto
     ``modalities``: None when the orders agree (or the datalist names none), else ``(datalist order,
     index of each of ``modalities`` in it, or None when some is missing from it)``."""
@@ -355,7 +364,7 @@ def _list_order(modalities: list[str], content: dict[str, Any]) -> tuple[list[st
     return own, [own.index(m) for m in modalities]
 
 
-def _derive_case_id(first_path: Any, first_modality: str, per_modality: bool) -> str | None:
+def derive_case_id(first_path: Any, first_modality: str, per_modality: bool) -> str | None:
     """Case id from a file name: extension removed, and a trailing ``_<modality>`` when per modality."""
     if not isinstance(first_path, str) or not first_path.strip():
         return None
@@ -366,7 +375,7 @@ def _derive_case_id(first_path: Any, first_modality: str, per_modality: bool) ->
     return stem or None
 
 
-def _normalise_case(
+def normalise_case(
     raw: Any,
     split: str,
     position: int,
@@ -377,7 +386,7 @@ def _normalise_case(
     list_order: tuple[list[str], list[int] | None] | None = None,
 ) -> dict[str, Any]:
     """Normalise one case (see :func:`load_datalist`), appending its problems to ``problems``.
-    ``list_order``: see :func:`_list_order` (lists of paths follow the datalist's own modalities)."""
+    ``list_order``: see :func:`list_order` (lists of paths follow the datalist's own modalities)."""
     if not isinstance(raw, dict):
         problems.append(f"{split} case #{position}: expected a JSON object, got {type(raw).__name__}")
         return {"case": f"#{position}"}
@@ -392,9 +401,9 @@ def _normalise_case(
     if case_id is None:
         if image is not None:
             first = image[0] if isinstance(image, list) and image else image
-            case_id = _derive_case_id(first, modalities[0], per_modality=isinstance(image, list))
+            case_id = derive_case_id(first, modalities[0], per_modality=isinstance(image, list))
         elif present:
-            case_id = _derive_case_id(raw[present[0]], present[0], per_modality=True)
+            case_id = derive_case_id(raw[present[0]], present[0], per_modality=True)
     where = f"{split} case {str(case_id)!r}" if case_id else f"{split} case #{position}"
     case: dict[str, Any] = {"case": case_id if case_id else f"#{position}"}
 

@@ -28,9 +28,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .datalist import DatalistError, _derive_case_id, _list_order, _normalise_case
+from .datalist import DatalistError, derive_case_id, list_order, normalise_case
 from .synthetic import generate_synthetic_dataset
-from .transforms import _safe_name, input_files_of
+from .transforms import input_files_of, safe_name
 
 __all__ = ["inference_cases", "segmentation_path"]
 
@@ -39,7 +39,7 @@ def segmentation_path(output_dir: str, case_id: str, output_postfix: str = "seg"
     """Where ``SaveSegmentationd`` (with ``separate_folder=False``) writes the label map of a case."""
     ext = output_ext if output_ext.startswith(".") else f".{output_ext}"
     postfix = f"_{output_postfix}" if output_postfix else ""
-    return os.path.join(os.path.abspath(os.path.expanduser(output_dir)), f"{_safe_name(case_id)}{postfix}{ext}")
+    return os.path.join(os.path.abspath(os.path.expanduser(output_dir)), f"{safe_name(case_id)}{postfix}{ext}")
 
 
 def _abspath(path: Any) -> str:
@@ -49,7 +49,7 @@ def _abspath(path: Any) -> str:
 def _cases_from_image(image: Any, modalities: Sequence[str]) -> list[dict[str, Any]]:
     if isinstance(image, (str, os.PathLike)):
         path = _abspath(image)
-        return [{"case": _derive_case_id(path, modalities[0], per_modality=False) or "case", "image": path}]
+        return [{"case": derive_case_id(path, modalities[0], per_modality=False) or "case", "image": path}]
     if isinstance(image, Sequence) and image and all(isinstance(p, (str, os.PathLike)) for p in image):
         paths = [_abspath(p) for p in image]
         if len(paths) != len(modalities):
@@ -57,7 +57,7 @@ def _cases_from_image(image: Any, modalities: Sequence[str]) -> list[dict[str, A
                 f"--image: got {len(paths)} files for {len(modalities)} modalities ({', '.join(modalities)}); "
                 "give one file per modality in that order, or one multi-channel file."
             )
-        return [{"case": _derive_case_id(paths[0], modalities[0], per_modality=True) or "case", "image": paths}]
+        return [{"case": derive_case_id(paths[0], modalities[0], per_modality=True) or "case", "image": paths}]
     raise ValueError(f"--image: expected a file path or a list of file paths, got {image!r}.")
 
 
@@ -76,9 +76,9 @@ def _cases_from_datalist(datalist_file: str, dataset_dir: str | None, data_split
     base_dir = _abspath(dataset_dir) if dataset_dir else os.path.dirname(_abspath(datalist_file))
     problems: list[str] = []
     # files are not checked here: a missing file fails its own case at load time, not the run
-    order = _list_order(list(modalities), content)
+    order = list_order(list(modalities), content)
     cases = [
-        _normalise_case(
+        normalise_case(
             c,
             "testing" if data_split != "unlabeled" else "unlabeled",
             i,
@@ -148,7 +148,7 @@ def inference_cases(
             paths = sorted(glob.glob(os.path.join(_abspath(dataset_dir), image_pattern)))
             if not paths:
                 raise FileNotFoundError(f"no file matches {os.path.join(_abspath(dataset_dir), image_pattern)}")
-            cases = [{"case": _derive_case_id(p, modalities[0], per_modality=False) or p, "image": p} for p in paths]
+            cases = [{"case": derive_case_id(p, modalities[0], per_modality=False) or p, "image": p} for p in paths]
         else:
             if not synthetic_dir:
                 raise ValueError("no input: give --image, --dataset_dir or --datalist_file.")

@@ -20,7 +20,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import MapTransform, SaveImaged
 
-__all__ = ["EnsureModalityChannelsd", "NiftiNoResampleWriter", "SaveSegmentationd", "input_files_of"]
+__all__ = ["EnsureModalityChannelsd", "NiftiNoResampleWriter", "SaveSegmentationd", "input_files_of", "safe_name"]
 
 
 def _source(img: Any) -> str:
@@ -131,7 +131,8 @@ def input_files_of(value: Any) -> list[str]:
     return []
 
 
-def _safe_name(case_id: str) -> str:
+def safe_name(case_id: str) -> str:
+    """``case_id`` usable as a file name: path separators replaced by ``_``."""
     name = str(case_id).replace(os.sep, "_")
     if os.altsep:
         name = name.replace(os.altsep, "_")
@@ -195,7 +196,7 @@ class SaveSegmentationd(SaveImaged):
             inputs.append(str(img.meta.get("filename_or_obj", "")))
             if isinstance(case_id, str) and case_id:
                 # the ".nii" is what SaveImaged strips as the extension, so a dotted case id stays whole
-                img.meta["filename_or_obj"] = _safe_name(case_id) + ".nii"
+                img.meta["filename_or_obj"] = safe_name(case_id) + ".nii"
             kw = self.saver.fname_formatter(img.meta, self.saver)
             target = os.path.realpath(str(self.saver.folder_layout.filename(**kw)))
             clash = [p for p in inputs if p and os.path.exists(p) and os.path.realpath(p) == target]

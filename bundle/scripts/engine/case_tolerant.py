@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from monai.engines import SupervisedEvaluator
 from monai.transforms import apply_transform
-from scripts.data.transforms import input_files_of
-from scripts.errors import BundleError, as_bool
 from torch.utils.data import Dataset
+
+from ..data.transforms import input_files_of
+from ..errors import BundleError, as_bool
 
 __all__ = ["CaseTolerantDataset", "CaseTolerantEvaluator", "CaseFailuresError", "root_cause"]
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from scripts.errors import BundleError
+from ..errors import BundleError
 
 try:
     import fcntl

@@ -24,8 +24,9 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.transforms import Compose, Randomizable, Transform
-from scripts.errors import BundleError, as_bool
 from torch.utils.data import DataLoader, Dataset
+
+from ..errors import BundleError, as_bool
 
 __all__ = [
     "ResumeConflictError",

@@ -8,7 +8,8 @@ import os
 from typing import Any
 
 import torch
-from scripts.errors import BundleError
+
+from ..errors import BundleError
 
 __all__ = ["TrainingOutputError", "check_model_written"]
 

@@ -11,9 +11,10 @@ from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
-from scripts.errors import BundleError, as_bool
-from scripts.methods.base import SemiSupervisedMethod
 from torch.utils.data import DataLoader, DistributedSampler
+
+from ..errors import BundleError, as_bool
+from .method import SemiSupervisedMethod
 
 __all__ = ["SemiSupervisedTrainer", "NonFiniteLossError", "loss_terms"]
 
@@ -44,7 +45,7 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     The epoch is driven by the labeled loader (``train_data_loader``). Each iteration also draws the
     next batch of ``unlabeled_data_loader``, cycling through it indefinitely (reshuffling, and calling
     ``set_epoch`` on a ``DistributedSampler``, at each new pass). What the iteration computes is
-    delegated to ``method`` (:class:`scripts.methods.base.SemiSupervisedMethod`); the trainer does the
+    delegated to ``method`` (:class:`scripts.engine.method.SemiSupervisedMethod`); the trainer does the
     rest: device transfer, mixed precision, backward, optimizer step, the events MONAI handlers rely
     on, and a check that every loss term is finite.
 
@@ -65,8 +66,15 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         device, max_epochs, train_data_loader, network, optimizer, epoch_length, ...: as
             ``SupervisedTrainer``; remaining keyword arguments are passed on to it.
         method: the training strategy.
-        unlabeled_data_loader: loader of unlabeled cases (dicts with ``image``), or ``None``.
+        unlabeled_data_loader: loader of unlabeled cases (dicts with ``image``), or ``None``. A batch
+            is drawn only for iterations where ``method.uses_unlabeled_at(epoch)`` is true.
         unlabeled_key: the image key of unlabeled batches.
+        accumulation_steps: the optimizer steps every this many iterations (and at the end of each
+            epoch) on the mean of their gradients; the method's ``after_optimizer_step`` (e.g. an EMA
+            teacher's update) follows each optimizer step.
+
+    ``inferer``, ``loss_function`` and ``compile`` of ``SupervisedTrainer`` are refused: the method's
+    step calls the network and computes the loss (compile the network itself in the config).
     """
 
     def __init__(
@@ -83,6 +91,20 @@ class SemiSupervisedTrainer(SupervisedTrainer):
     ) -> None:
         if not isinstance(method, SemiSupervisedMethod):
             raise TypeError(f"method must be a SemiSupervisedMethod, got {type(method).__name__}.")
+        # SupervisedTrainer arguments this trainer has no use for are refused, not silently ignored:
+        # the method calls the network itself (no inferer), and computes its own loss (no loss_function)
+        unused = [name for name in ("inferer", "loss_function") if kwargs.get(name) is not None]
+        if as_bool(kwargs.get("compile", False), "compile"):
+            unused.append("compile")  # compile the network in the config instead: `$torch.compile(...)`
+        if unused:
+            raise TypeError(
+                f"SemiSupervisedTrainer does not use {', '.join(unused)}: the method's step calls the network and "
+                'computes the loss (compile the network itself, e.g. network: "$torch.compile(@network_def)").'
+            )
+        kwargs.pop("compile", None)
+        accumulation_steps = int(kwargs.pop("accumulation_steps", 1))
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
         kwargs.setdefault("decollate", False)
         if "amp" in kwargs:  # `--amp false` arrives as text
             kwargs["amp"] = as_bool(kwargs["amp"], "amp")
@@ -92,9 +114,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             train_data_loader=train_data_loader,
             network=network,
             optimizer=optimizer,
-            loss_function=method,
+            loss_function=_loss_is_the_method,
             **kwargs,
         )
+        self.accumulation_steps = accumulation_steps
         self.method = method.to(device)
         self.method.setup(network)
         self.unlabeled_data_loader = unlabeled_data_loader
@@ -141,13 +164,22 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         # plain tensors (same storage): the iteration needs no metadata, and every operation on a
         # MetaTensor pays for metadata handling (about 4% of a CPU iteration of the default CMCNet)
         image, label = _plain_tensor(batch[0]), _plain_tensor(batch[1])
-        unlabeled = engine.next_unlabeled()
         epoch = (engine.state.iteration - 1) / max(engine.state.epoch_length or 1, 1)
+        unlabeled = engine.next_unlabeled() if engine.method.uses_unlabeled_at(epoch) else None
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
+
+        # gradient accumulation: the optimizer steps every `accumulation_steps` iterations and at the
+        # end of an epoch, on the mean of the gradients since its last step
+        steps = engine.accumulation_steps
+        in_epoch = (engine.state.iteration - 1) % max(engine.state.epoch_length or 1, 1) + 1
+        first = steps == 1 or (in_epoch - 1) % steps == 0
+        last = steps == 1 or in_epoch % steps == 0 or in_epoch == engine.state.epoch_length
+        window = min(steps, (engine.state.epoch_length or in_epoch) - (in_epoch - 1) // steps * steps)
 
         engine.network.train()
         engine.method.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if first:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         use_scaler = engine.amp and engine.scaler is not None
         if use_scaler:
             with torch.autocast("cuda", **engine.amp_kwargs):
@@ -162,16 +194,20 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             engine.state.output[name] = value.detach() if isinstance(value, torch.Tensor) else value
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
+        loss = result.loss / window if window > 1 else result.loss
         if use_scaler:
-            engine.scaler.scale(result.loss).backward()
+            engine.scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
+            if last:
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
         else:
-            result.loss.backward()
+            loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
-        engine.method.after_optimizer_step(engine.network, epoch)
+            if last:
+                engine.optimizer.step()
+        if last:
+            engine.method.after_optimizer_step(engine.network, epoch)
         engine.state.output[Keys.LOSS] = result.loss.detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
@@ -194,6 +230,11 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             f"The batch held the labeled cases: {labeled}{unlabeled}. "
             "Training stopped; the last saved checkpoint is left untouched."
         )
+
+
+def _loss_is_the_method(*_: Any, **__: Any) -> None:
+    """``SupervisedTrainer`` requires a ``loss_function``; this trainer's loss is the method's step."""
+    raise RuntimeError("SemiSupervisedTrainer computes its loss in method.step(); loss_function is not used.")
 
 
 def _case_ids(batch: Any) -> list[str]:

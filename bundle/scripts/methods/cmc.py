@@ -6,7 +6,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .base import SemiSupervisedMethod, StepOutput
+from ..engine.method import SemiSupervisedMethod, StepOutput
 
 __all__ = ["CMCMethod"]
 
@@ -79,8 +79,11 @@ class CMCMethod(SemiSupervisedMethod):
         self.cac_weight = cac_weight
         self.semi_start_epoch = float(semi_start_epoch)
 
+    def uses_unlabeled_at(self, epoch: float) -> bool:
+        return epoch >= self.semi_start_epoch
+
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
-        semi = epoch >= self.semi_start_epoch
+        semi = self.uses_unlabeled_at(epoch)
         labeled_logits, unlabeled_logits, labeled_features, unlabeled_features = self.forward_joint_split(
             network, image, unlabeled if semi else None
         )
@@ -98,7 +101,7 @@ class CMCMethod(SemiSupervisedMethod):
                 cac = self.cac_loss(unlabeled_logits)
                 loss = loss + w_cac * cac
                 terms.update(loss_cac=cac, weight_cac=w_cac)
-        return StepOutput(loss=loss, terms=terms, pred=self.fused(labeled_logits))
+        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))
 
     def _csc(
         self, labeled_features: list[torch.Tensor], unlabeled_features: list[torch.Tensor] | None

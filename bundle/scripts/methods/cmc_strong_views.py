@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..data.strong_views import StrongView
-from .base import StepOutput
+from ..engine.method import StepOutput
 from .cmc import CMCMethod
 
 __all__ = ["CMCStrongViewMethod"]

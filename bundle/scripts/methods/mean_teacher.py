@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..engine.method import SemiSupervisedMethod, StepOutput
 from ..networks.wrapped_network import unwrap_network
-from .base import SemiSupervisedMethod, StepOutput
 
 __all__ = ["MeanTeacherMethod"]
 
@@ -98,14 +98,14 @@ class MeanTeacherMethod(SemiSupervisedMethod):
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
         if unlabeled_logits is not None:
-            student = torch.softmax(self.fused(unlabeled_logits), dim=1)
+            student = torch.softmax(self.mean_of_heads(unlabeled_logits), dim=1)
             with torch.no_grad():
                 teacher = torch.softmax(self.teacher(self._perturb(unlabeled)), dim=1)
             weight = float(self.consistency_weight(epoch))
             consistency = torch.mean((student - teacher.to(student.dtype)) ** 2)
             loss = loss + weight * consistency
             terms.update(loss_consistency=consistency, weight_consistency=weight)
-        return StepOutput(loss=loss, terms=terms, pred=self.fused(labeled_logits))
+        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))
 
     @torch.no_grad()
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed.module_broadcast import broadcast_module_state, broadcast_object, is_distributed
+from ..engine.method import SemiSupervisedMethod, StepOutput
+from ..engine.module_broadcast import broadcast_module_state, broadcast_object, is_distributed
 from ..networks.wrapped_network import unwrap_network
-from .base import SemiSupervisedMethod, StepOutput
 
 __all__ = ["SemiCMLMethod", "average_state_dicts", "strongest_modality", "stochastic_pseudo_labels"]
 
@@ -429,7 +429,7 @@ class SemiCMLMethod(SemiSupervisedMethod):
                 w_prel, w_asc = self.prel_weights()
                 loss = loss + w_prel * prel + w_asc * asc
                 terms.update(loss_prel=prel, loss_asc=asc, weight_prel=w_prel, weight_asc=w_asc)
-        return StepOutput(loss=loss, terms=terms, pred=self.fused(labeled_logits))
+        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))
 
     def prel_weights(self) -> tuple[float, float]:
         """The weights ``(w_prel, w_asc)`` of the pseudo-label term and of ASC in the prel stage."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import SemiSupervisedMethod, StepOutput
+from ..engine.method import SemiSupervisedMethod, StepOutput
 
 __all__ = ["SupervisedMethod"]
 
@@ -29,4 +29,4 @@ class SupervisedMethod(SemiSupervisedMethod):
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         logits, _ = self.forward_heads(network, image)
         sup = self.supervised_loss(logits, label)
-        return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.fused(logits))
+        return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.mean_of_heads(logits))

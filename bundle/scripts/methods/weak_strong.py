@@ -9,9 +9,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.strong_views import StrongView
+from ..engine.method import SemiSupervisedMethod, StepOutput
 from ..losses.confidence_masked import confident_pseudo_labels
 from ..networks.wrapped_network import unwrap_network
-from .base import SemiSupervisedMethod, StepOutput
 
 __all__ = ["WeakStrongConsistencyMethod"]
 
@@ -117,7 +117,7 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
     def pseudo_labels(self, network: nn.Module, unlabeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hard pseudo-labels and confidence mask, both (B, 1, *spatial), from the weak view."""
         teacher = self.teacher.module if self.teacher is not None else network
-        probs = torch.softmax(self.fused(self.predict_heads(teacher, unlabeled)).float(), dim=1)
+        probs = torch.softmax(self.mean_of_heads(self.predict_heads(teacher, unlabeled)).float(), dim=1)
         return confident_pseudo_labels(probs, self.threshold)
 
     def _heads_loss(self, logits: list[torch.Tensor], pseudo_label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -138,12 +138,16 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
             handle.remove()
         return logits
 
+    def uses_unlabeled_at(self, epoch: float) -> bool:
+        # before the schedule starts the unlabeled term has weight 0: no unlabeled batch is needed
+        return float(self.unsupervised_weight(epoch)) > 0.0
+
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         weight = float(self.unsupervised_weight(epoch)) if unlabeled is not None else 0.0
         if weight == 0.0:
             logits, _ = self.forward_heads(network, image)
             sup = self.supervised_loss(logits, label)
-            return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.fused(logits))
+            return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.mean_of_heads(logits))
 
         pseudo_label, mask = self.pseudo_labels(network, unlabeled)
         views = [self.strong_view(unlabeled, pseudo_label, mask) for _ in range(self.num_strong_views)]
@@ -162,4 +166,4 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         unsup = torch.stack(unsup_terms).mean()
         loss = sup + weight * unsup
         terms.update(loss_unsup=unsup, weight_unsup=weight, stat_confident=mask.mean())
-        return StepOutput(loss=loss, terms=terms, pred=self.fused(labeled_logits))
+        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))

@@ -52,6 +52,12 @@ class SemiSupervisedMethod(nn.Module):
     def setup(self, network: nn.Module) -> None:
         """Called once by the trainer before the first iteration (create teachers here)."""
 
+    def uses_unlabeled_at(self, epoch: float) -> bool:
+        """Whether the iteration at (fractional) ``epoch`` needs an unlabeled batch; when not, the
+        trainer neither loads nor transfers one and :meth:`step` receives ``None``. Methods whose
+        unlabeled terms start later (e.g. CMC's ``semi_start_epoch``) override it."""
+        return self.uses_unlabeled
+
     def step(
         self, network: nn.Module, image: torch.Tensor, label: torch.Tensor, unlabeled: torch.Tensor | None, epoch: float
     ) -> StepOutput:
@@ -148,8 +154,9 @@ class SemiSupervisedMethod(nn.Module):
         return [x.detach() for x in logits]
 
     @staticmethod
-    def fused(logits: list[torch.Tensor]) -> torch.Tensor:
-        """The mean of the heads' logits: what ``network(image)`` predicts."""
+    def mean_of_heads(logits: list[torch.Tensor]) -> torch.Tensor:
+        """The mean of the heads' logits: what ``network(image)`` predicts when every modality is used
+        (named apart from CMCNet's fusion layer, which fuses features, not predictions)."""
         return torch.stack(logits, dim=0).mean(dim=0)
 
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:
