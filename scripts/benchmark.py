@@ -56,6 +56,9 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "bundle" / "configs"
+if str(REPO_ROOT / "bundle") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "bundle"))  # the bundle's components, importable as `scripts`
+from scripts.engine.atomic_checkpoint import atomic_write_bytes  # noqa: E402
 
 # overrides that only concern training and would be meaningless (or harmful) for evaluation
 _TRAINING_ONLY = {"epochs", "iterations_per_epoch", "val_interval", "log_interval", "learning_rate",
@@ -145,9 +148,7 @@ class _Timer:
         saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
         saved.update({self.key: round(total, 1), f"{self.key}_attempts": self.attempts})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(saved))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(json.dumps(saved).encode("utf-8"), self.path)
         return total
 
 

@@ -39,6 +39,11 @@ from typing import Any
 import numpy as np
 from monai.utils import str2bool
 
+_BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle")
+if _BUNDLE not in sys.path:
+    sys.path.insert(0, _BUNDLE)  # the bundle's components, importable as `scripts`
+from scripts.engine.atomic_checkpoint import atomic_write_bytes  # noqa: E402
+
 __all__ = [
     "PreparationError",
     "MYOPS_LABELS",
@@ -320,10 +325,7 @@ def _write_label(src: str, dst: str, mapping: dict[int, int]) -> None:
     new.header.set_slope_inter(1.0, 0.0)
     raw = new.to_bytes()
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = dst + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(gzip.compress(raw, compresslevel=6, mtime=0) if dst.endswith(".gz") else raw)
-    os.replace(tmp, dst)
+    atomic_write_bytes(gzip.compress(raw, compresslevel=6, mtime=0) if dst.endswith(".gz") else raw, dst)
 
 
 def _real(path: str) -> str:
@@ -360,11 +362,7 @@ def _output_path(data_dir: str, output: str | None) -> str:
 
 def _write_datalist(output: str, content: dict) -> None:
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, output)
+    atomic_write_bytes((json.dumps(content, indent=2) + "\n").encode("utf-8"), output)
 
 
 def _summary(command: str, output: str, content: dict, notes: Sequence[str]) -> None:

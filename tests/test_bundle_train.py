@@ -86,4 +86,4 @@ def test_train_mean_teacher_override(tmp_path):
     log = proc.stdout + proc.stderr
     assert "loss_consistency" in log
     state = torch.load(next((tmp_path / "out").glob("training_state*.pt")), map_location="cpu", weights_only=True)
-    assert int(state["method"]["ema_updates"]) == 2
+    assert int(state["method"]["teacher.n_averaged"]) == 2

@@ -19,8 +19,8 @@ def _method(csc=1.0, cac=1.0, start=0.0):
         supervised_loss=MultiHeadSupervisedLoss(),
         csc_loss=ChannelSemanticConsistencyLoss(temperature=0.5),
         cac_loss=AnatomicalConsistencyLoss(),
-        csc_weight=ConstantWeight(csc, start=start),
-        cac_weight=ConstantWeight(cac, start=start),
+        csc_schedule=ConstantWeight(csc, start=start),
+        cac_schedule=ConstantWeight(cac, start=start),
         semi_start_epoch=start,
     )
 
@@ -88,8 +88,8 @@ def _schedule_method(**kwargs):
         supervised_loss=MultiHeadSupervisedLoss(),
         csc_loss=ChannelSemanticConsistencyLoss(temperature=0.5),
         cac_loss=AnatomicalConsistencyLoss(),
-        csc_weight=ConstantWeight(0.3),
-        cac_weight=SigmoidRampUp(0.7, length=4.0),
+        csc_schedule=ConstantWeight(0.3),
+        cac_schedule=SigmoidRampUp(0.7, length=4.0),
         **kwargs,
     )
 
@@ -153,8 +153,8 @@ def test_paper_schedule_weights_at_a_known_epoch():
         supervised_loss=MultiHeadSupervisedLoss(),
         csc_loss=ChannelSemanticConsistencyLoss(temperature=0.5),
         cac_loss=AnatomicalConsistencyLoss(),
-        csc_weight=SigmoidRampUp(1.0, length=10.0),
-        cac_weight=CosineRampDown(1.0, length=10.0),
+        csc_schedule=SigmoidRampUp(1.0, length=10.0),
+        cac_schedule=CosineRampDown(1.0, length=10.0),
         semi_start_epoch=7.0,
         csc_on="unlabeled",
     )

@@ -46,14 +46,14 @@ def _build(name: str) -> tuple[nn.Module, nn.Module]:
         net = DecoupledMultiModalNet(2, 2, 3, channels=(4, 8), strides=(2,), num_res_units=1, dropout=0.1)
         method = SemiCMLMethod(
             MultiHeadSupervisedLoss(), AreaSimilarityContrastiveLoss(), MutualConsistencyLoss(), SoftDiceCELoss(),
-            asc_weight=_constant(0.1), mse_weight=_constant(0.1), mutual_epochs=1, prel_passes=2, teacher_checkpoints=1,
+            asc_schedule=_constant(0.1), mse_schedule=_constant(0.1), mutual_epochs=1, prel_passes=2, teacher_checkpoints=1,
         )
         return net, method
     net = CMCNet(2, 2, 3, channels=(4, 8))
     if name == "cmc":
         method = CMCMethod(
             MultiHeadSupervisedLoss(), ChannelSemanticConsistencyLoss(), AnatomicalConsistencyLoss(),
-            csc_weight=_constant(0.1), cac_weight=_constant(0.5),
+            csc_schedule=_constant(0.1), cac_schedule=_constant(0.5),
         )
     elif name == "mean_teacher":
         method = MeanTeacherMethod(MultiHeadSupervisedLoss(), consistency_weight=_constant(0.1), ema_decay=0.9)

@@ -34,14 +34,14 @@ def test_ema_update_formula_on_hand_made_weights():
     method = make_method(ema_decay=0.9)
     method.setup(student)
     with torch.no_grad():
-        method.teacher.weight.copy_(torch.tensor([[1.0, 2.0]]))
-        method.teacher.bias.fill_(4.0)
+        method.teacher.module.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        method.teacher.module.bias.fill_(4.0)
         student.weight.copy_(torch.tensor([[3.0, -2.0]]))
         student.bias.fill_(0.0)
     method.ema_updates.fill_(100)  # past the warm-up: a = min(1 - 1/101, 0.9) = 0.9
     method.after_optimizer_step(student, epoch=1.0)
-    assert torch.allclose(method.teacher.weight, torch.tensor([[0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2]]))
-    assert torch.allclose(method.teacher.bias, torch.tensor([3.6]))
+    assert torch.allclose(method.teacher.module.weight, torch.tensor([[0.9 * 1 + 0.1 * 3, 0.9 * 2 + 0.1 * -2]]))
+    assert torch.allclose(method.teacher.module.bias, torch.tensor([3.6]))
     assert int(method.ema_updates) == 101
 
 
@@ -50,14 +50,14 @@ def test_ema_warm_up_starts_from_the_student():
     method = make_method(ema_decay=0.99)
     method.setup(student)
     with torch.no_grad():
-        method.teacher.weight.fill_(10.0)
+        method.teacher.module.weight.fill_(10.0)
     method.after_optimizer_step(student, epoch=0.0)  # t = 0: a = min(0, 0.99) = 0
-    assert torch.equal(method.teacher.weight, student.weight)
+    assert torch.equal(method.teacher.module.weight, student.weight)
     with torch.no_grad():
         student.weight.fill_(1.0)
-        method.teacher.weight.fill_(0.0)
+        method.teacher.module.weight.fill_(0.0)
     method.after_optimizer_step(student, epoch=0.0)  # t = 1: a = min(1/2, 0.99)
-    assert torch.allclose(method.teacher.weight, torch.full_like(student.weight, 0.5))
+    assert torch.allclose(method.teacher.module.weight, torch.full_like(student.weight, 0.5))
 
 
 def test_teacher_is_a_frozen_copy_with_no_grad():

@@ -32,24 +32,24 @@ def test_cmc_paper_preset_configures_the_published_setting():
     dice = method.supervised_loss.loss.dice
     assert dice.squared_pred is True and dice.smooth_nr == 0.0 and dice.smooth_dr == pytest.approx(1e-6)
     assert method.supervised_loss.reduction == "mean"  # (ct_loss + mri_loss) / 2
-    assert isinstance(method.csc_weight, SigmoidRampUp) and isinstance(method.cac_weight, CosineRampDown)
+    assert isinstance(method.csc_schedule, SigmoidRampUp) and isinstance(method.cac_schedule, CosineRampDown)
     for epoch in (7.0, 8.5, 10.0):  # both measured from epoch 0 over the whole training
-        assert method.csc_weight(epoch) == pytest.approx(math.exp(-5 * (1 - epoch / 10) ** 2))
-        assert method.cac_weight(epoch) == pytest.approx(0.5 * (math.cos(math.pi * epoch / 10) + 1))
+        assert method.csc_schedule(epoch) == pytest.approx(math.exp(-5 * (1 - epoch / 10) ** 2))
+        assert method.cac_schedule(epoch) == pytest.approx(0.5 * (math.cos(math.pi * epoch / 10) + 1))
 
 
 def test_semicml_paper_preset_configures_the_published_setting():
     parser = _parse("train.yaml", "semicml.yaml", "semicml_paper.yaml")
     method = parser.get_parsed_content("method")
-    assert isinstance(method.asc_weight, ConstantWeight)
-    assert method.asc_weight(0.0) == 3.5 and method.asc_weight(19.5) == 3.5  # fixed, no ramp-up
+    assert isinstance(method.asc_schedule, ConstantWeight)
+    assert method.asc_schedule(0.0) == 3.5 and method.asc_schedule(19.5) == 3.5  # fixed, no ramp-up
     assert method.prel_convex is True
     assert method.prel_weights() == pytest.approx((1 - method.prel_alpha, method.prel_alpha))
     assert method.prel_noise_clip == (0.0, 0.2)
     assert method.supervised_loss.reduction == "sum"
     # the tuned defaults are untouched without the preset
     default = _parse("train.yaml", "semicml.yaml").get_parsed_content("method")
-    assert isinstance(default.asc_weight, SigmoidRampUp) and default.prel_convex is False
+    assert isinstance(default.asc_schedule, SigmoidRampUp) and default.prel_convex is False
     assert default.prel_noise_clip is None and default.supervised_loss.reduction == "mean"
 
 

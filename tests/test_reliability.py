@@ -439,7 +439,7 @@ def test_killed_training_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_
     assert [p.name for p in states] == ["training_state_checkpoint_epoch=3.pt"]  # n_saved=1 across restarts
     final = torch.load(states[0], map_location="cpu", weights_only=True)
     assert final["trainer"]["iteration"] == epochs * iterations
-    assert int(final["method"]["ema_updates"]) == epochs * iterations  # the EMA teacher's counter continued
+    assert int(final["method"]["teacher.n_averaged"]) == epochs * iterations  # the EMA teacher's counter continued
     history = json.loads((killed / "out" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
 

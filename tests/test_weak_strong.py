@@ -201,7 +201,7 @@ def _ws_method(weight=0.7, threshold=0.4, view=None, **kwargs):
         supervised_loss=MultiHeadSupervisedLoss(),
         pseudo_label_loss=ConfidenceMaskedPseudoLabelLoss(),
         strong_view=view if view is not None else StrongView(),
-        unsupervised_weight=SigmoidRampUp(weight, length=0),
+        unsupervised_schedule=SigmoidRampUp(weight, length=0),
         threshold=threshold,
         **kwargs,
     )
@@ -330,9 +330,9 @@ def _cmc_strong(strong_weight=0.3, view=None):
 
     return CMCStrongViewMethod(
         supervised_loss=MultiHeadSupervisedLoss(), csc_loss=ChannelSemanticConsistencyLoss(temperature=0.5),
-        cac_loss=AnatomicalConsistencyLoss(), csc_weight=SigmoidRampUp(0.1, length=0),
-        cac_weight=SigmoidRampUp(0.5, length=0), strong_view=view if view is not None else StrongView(),
-        strong_weight=SigmoidRampUp(strong_weight, length=0),
+        cac_loss=AnatomicalConsistencyLoss(), csc_schedule=SigmoidRampUp(0.1, length=0),
+        cac_schedule=SigmoidRampUp(0.5, length=0), strong_view=view if view is not None else StrongView(),
+        strong_schedule=SigmoidRampUp(strong_weight, length=0),
     )
 
 

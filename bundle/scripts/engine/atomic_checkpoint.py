@@ -24,7 +24,7 @@ import torch
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
-__all__ = ["PARTIAL_SUFFIX", "atomic_save", "AtomicDiskSaver", "AtomicCheckpointSaver"]
+__all__ = ["PARTIAL_SUFFIX", "atomic_save", "atomic_write_bytes", "AtomicDiskSaver", "AtomicCheckpointSaver"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,16 @@ def atomic_save(obj: Any, path: str | os.PathLike, save_fn: Callable[..., Any] |
             os.remove(tmp)
         raise
     _fsync_folder(path.parent)
+
+
+def _write_bytes(data: bytes, f: Any) -> None:
+    f.write(data)
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` with :func:`atomic_save` (temporary file, ``fsync``, rename): the
+    project's one atomic writer, for JSON reports, datalists and label files alike."""
+    atomic_save(data, path, save_fn=_write_bytes)
 
 
 class AtomicDiskSaver(DiskSaver):

@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 
-from .atomic_checkpoint import _FILE_MODE
+from .atomic_checkpoint import atomic_write_bytes
 
 __all__ = ["ValidationMetricsWriter"]
 
@@ -75,20 +74,8 @@ class ValidationMetricsWriter:
         if key is not None:
             content[key] = metrics.get(key)
             content[f"best_{key}"] = content["best_metric"]
-        folder = os.path.dirname(os.path.abspath(self.filename))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metrics-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(content, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; other outputs are created with the umask
-            os.replace(tmp, self.filename)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(self.filename)), exist_ok=True)
+        atomic_write_bytes(json.dumps(content, indent=2).encode("utf-8"), self.filename)
         if key is not None and isinstance(content[key], float):
             self.logger.info(
                 f"epoch {record['epoch']}: {key} = {content[key]:.4f} "

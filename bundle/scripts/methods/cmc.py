@@ -46,9 +46,9 @@ class CMCMethod(SemiSupervisedMethod):
         supervised_loss: loss over the per-modality heads, ``loss(list_of_logits, label)``.
         csc_loss: loss over the list of per-modality bottleneck features.
         cac_loss: loss over the list of per-modality logits of unlabeled images.
-        csc_weight: schedule ``epoch -> weight`` of the CSC term (the authors' code: a sigmoid
+        csc_schedule: schedule ``epoch -> weight`` of the CSC term (the authors' code: a sigmoid
             ramp-up over the whole training, ``SigmoidRampUp``).
-        cac_weight: schedule ``epoch -> weight`` of the CAC term (the authors' code: a cosine
+        cac_schedule: schedule ``epoch -> weight`` of the CAC term (the authors' code: a cosine
             ramp-down over the whole training, ``CosineRampDown``).
         semi_start_epoch: before this (fractional) epoch only the supervised term is computed and
             unlabeled images are not forwarded.
@@ -61,8 +61,8 @@ class CMCMethod(SemiSupervisedMethod):
         supervised_loss: nn.Module,
         csc_loss: nn.Module,
         cac_loss: nn.Module,
-        csc_weight: Callable[[float], float],
-        cac_weight: Callable[[float], float],
+        csc_schedule: Callable[[float], float],
+        cac_schedule: Callable[[float], float],
         semi_start_epoch: float = 0.0,
         csc_on: str = "all",
     ) -> None:
@@ -75,8 +75,8 @@ class CMCMethod(SemiSupervisedMethod):
         self.supervised_loss = supervised_loss
         self.csc_loss = csc_loss
         self.cac_loss = cac_loss
-        self.csc_weight = csc_weight
-        self.cac_weight = cac_weight
+        self.csc_schedule = csc_schedule
+        self.cac_schedule = cac_schedule
         self.semi_start_epoch = float(semi_start_epoch)
 
     def uses_unlabeled_at(self, epoch: float) -> bool:
@@ -93,11 +93,11 @@ class CMCMethod(SemiSupervisedMethod):
         if semi:
             csc = self._csc(labeled_features, unlabeled_features)
             if csc is not None:
-                w_csc = float(self.csc_weight(epoch))
+                w_csc = float(self.csc_schedule(epoch))
                 loss = loss + w_csc * csc
                 terms.update(loss_csc=csc, weight_csc=w_csc)
             if unlabeled_logits is not None:
-                w_cac = float(self.cac_weight(epoch))
+                w_cac = float(self.cac_schedule(epoch))
                 cac = self.cac_loss(unlabeled_logits)
                 loss = loss + w_cac * cac
                 terms.update(loss_cac=cac, weight_cac=w_cac)

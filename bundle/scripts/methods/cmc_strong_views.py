@@ -32,8 +32,8 @@ class CMCStrongViewMethod(CMCMethod):
 
     Args:
         strong_view: builds the strong view and moves the weak predictions with it.
-        strong_weight: schedule ``epoch -> weight`` of the cross-view term.
-        supervised_loss, csc_loss, cac_loss, csc_weight, cac_weight, semi_start_epoch, ...: as
+        strong_schedule: schedule ``epoch -> weight`` of the cross-view term.
+        supervised_loss, csc_loss, cac_loss, csc_schedule, cac_schedule, semi_start_epoch, ...: as
             :class:`~scripts.methods.cmc.CMCMethod`.
     """
 
@@ -42,15 +42,15 @@ class CMCStrongViewMethod(CMCMethod):
         supervised_loss: nn.Module,
         csc_loss: nn.Module,
         cac_loss: nn.Module,
-        csc_weight: Callable[[float], float],
-        cac_weight: Callable[[float], float],
+        csc_schedule: Callable[[float], float],
+        cac_schedule: Callable[[float], float],
         strong_view: StrongView,
-        strong_weight: Callable[[float], float],
+        strong_schedule: Callable[[float], float],
         **kwargs: Any,
     ) -> None:
-        super().__init__(supervised_loss, csc_loss, cac_loss, csc_weight, cac_weight, **kwargs)
+        super().__init__(supervised_loss, csc_loss, cac_loss, csc_schedule, cac_schedule, **kwargs)
         self.strong_view = strong_view
-        self.strong_weight = strong_weight
+        self.strong_schedule = strong_schedule
 
     def cross_view_consistency(self, strong: list[torch.Tensor], weak: list[torch.Tensor]) -> torch.Tensor:
         """Mean CAC over every (strong head, weak head) pair."""
@@ -58,7 +58,7 @@ class CMCStrongViewMethod(CMCMethod):
 
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         out = super().step(network, image, label, unlabeled, epoch)
-        weight = float(self.strong_weight(epoch)) if unlabeled is not None and epoch >= self.semi_start_epoch else 0.0
+        weight = float(self.strong_schedule(epoch)) if unlabeled is not None and epoch >= self.semi_start_epoch else 0.0
         if weight == 0.0:
             return out
         weak = self.predict_heads(network, unlabeled)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from ..engine.method import SemiSupervisedMethod, StepOutput
 from ..networks.wrapped_network import unwrap_network
@@ -31,8 +32,10 @@ class MeanTeacherMethod(SemiSupervisedMethod):
         theta_teacher <- a * theta_teacher + (1 - a) * theta_student,  a = min(1 - 1 / (t + 1), ema_decay)
 
     where ``t`` counts the updates from 0 (the warm-up of the original implementation: early on the
-    teacher is close to the plain average of the student's weights). Buffers (e.g. BatchNorm running
-    statistics) are copied from the student.
+    teacher is close to the plain average of the student's weights). The teacher is a
+    ``torch.optim.swa_utils.AveragedModel`` of the network with that average function; its
+    ``n_averaged`` is ``t`` (:attr:`ema_updates`). Buffers (e.g. BatchNorm running statistics) are
+    copied from the student.
 
     With a multimodal network that exposes ``forward_modalities`` (``CMCNet``,
     ``DecoupledMultiModalNet``) the supervised term covers every modality head
@@ -75,16 +78,25 @@ class MeanTeacherMethod(SemiSupervisedMethod):
         self.ema_decay = float(ema_decay)
         self.noise_std = float(noise_std)
         self.register_module("teacher", None)
-        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+
+    def _average(self, teacher: torch.Tensor, student: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
+        """The EMA with warm-up, as ``AveragedModel``'s ``avg_fn`` (``updates``: its ``n_averaged``)."""
+        decay = min(1.0 - 1.0 / (float(updates) + 1.0), self.ema_decay)
+        return decay * teacher + (1.0 - decay) * student
 
     def setup(self, network: nn.Module) -> None:
-        """Create the teacher as a frozen deep copy of the (unwrapped) network."""
-        network = unwrap_network(network)
+        """Create the teacher: an ``AveragedModel`` of a frozen deep copy of the (unwrapped) network."""
         if self.teacher is None:
-            teacher = copy.deepcopy(network)
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            self.teacher = teacher
+            # use_buffers=False: the buffers are copied from the student, not averaged (after_optimizer_step)
+            self.teacher = AveragedModel(copy.deepcopy(unwrap_network(network)), avg_fn=self._average)
+            self.teacher.requires_grad_(False)
+
+    @property
+    def ema_updates(self) -> torch.Tensor:
+        """The number of EMA updates so far (``t``; the teacher's ``n_averaged``)."""
+        if self.teacher is None:
+            raise RuntimeError("MeanTeacherMethod.setup(network) must be called first.")
+        return self.teacher.n_averaged
 
     def _perturb(self, image: torch.Tensor) -> torch.Tensor:
         return image + self.noise_std * torch.randn_like(image) if self.noise_std > 0 else image
@@ -113,12 +125,9 @@ class MeanTeacherMethod(SemiSupervisedMethod):
         if self.teacher is None:
             return
         network = unwrap_network(network)
-        decay = min(1.0 - 1.0 / (float(self.ema_updates) + 1.0), self.ema_decay)
-        for t, s in zip(self.teacher.parameters(), network.parameters(), strict=False):
-            t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
-        for t, s in zip(self.teacher.buffers(), network.buffers(), strict=False):
+        self.teacher.update_parameters(network)
+        for t, s in zip(self.teacher.module.buffers(), network.buffers(), strict=True):
             t.copy_(s)
-        self.ema_updates += 1
 
     def extra_repr(self) -> str:
         return f"ema_decay={self.ema_decay}, noise_std={self.noise_std}"

@@ -189,9 +189,9 @@ class SemiCMLMethod(SemiSupervisedMethod):
             (``AreaSimilarityContrastiveLoss``).
         mutual_loss: consistency loss over the list of probability maps (``MutualConsistencyLoss``).
         pseudo_label_loss: ``loss(logits, soft_target)`` of the prel stage (``SoftDiceCELoss``).
-        asc_weight: schedule ``epoch -> weight`` of ASC in the mutual stage (the bundle: a sigmoid
+        asc_schedule: schedule ``epoch -> weight`` of ASC in the mutual stage (the bundle: a sigmoid
             ramp-up to 0.1; the paper: 3.5, fixed, ``ConstantWeight``).
-        mse_weight: schedule ``epoch -> weight`` of the mutual consistency (sigmoid ramp-up).
+        mse_schedule: schedule ``epoch -> weight`` of the mutual consistency (sigmoid ramp-up).
         mutual_epochs: length of the mutual stage in epochs, >= 0.
         prel_passes: number ``T`` of stochastic teacher passes averaged into a pseudo-label, >= 1.
         prel_noise_std: standard deviation of the teacher's Gaussian input noise, >= 0.
@@ -212,8 +212,8 @@ class SemiCMLMethod(SemiSupervisedMethod):
         asc_loss: nn.Module,
         mutual_loss: nn.Module,
         pseudo_label_loss: nn.Module,
-        asc_weight: Callable[[float], float],
-        mse_weight: Callable[[float], float],
+        asc_schedule: Callable[[float], float],
+        mse_schedule: Callable[[float], float],
         mutual_epochs: float,
         prel_passes: int = 4,
         prel_noise_std: float = 0.1,
@@ -244,8 +244,8 @@ class SemiCMLMethod(SemiSupervisedMethod):
         self.asc_loss = asc_loss
         self.mutual_loss = mutual_loss
         self.pseudo_label_loss = pseudo_label_loss
-        self.asc_weight = asc_weight
-        self.mse_weight = mse_weight
+        self.asc_schedule = asc_schedule
+        self.mse_schedule = mse_schedule
         self.mutual_epochs = float(mutual_epochs)
         self.prel_passes = int(prel_passes)
         self.prel_noise_std = float(prel_noise_std)
@@ -419,7 +419,7 @@ class SemiCMLMethod(SemiSupervisedMethod):
             probabilities = [torch.softmax(x, dim=1) for x in unlabeled_logits]
             asc = self.asc_loss(probabilities)
             if self.stage == MUTUAL:
-                w_asc, w_mse = float(self.asc_weight(epoch)), float(self.mse_weight(epoch))
+                w_asc, w_mse = float(self.asc_schedule(epoch)), float(self.mse_schedule(epoch))
                 mse = self.mutual_loss(probabilities)
                 loss = loss + w_asc * asc + w_mse * mse
                 terms.update(loss_asc=asc, loss_mse=mse, weight_asc=w_asc, weight_mse=w_mse)

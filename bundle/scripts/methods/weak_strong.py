@@ -53,7 +53,7 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         supervised_loss: ``loss(list_of_logits, label)`` over the heads.
         pseudo_label_loss: ``loss(logits, pseudo_label, mask)``, e.g. ``ConfidenceMaskedPseudoLabelLoss``.
         strong_view: builds a strong view and moves the targets with it.
-        unsupervised_weight: schedule ``epoch -> weight`` of the unsupervised term (0 before its start:
+        unsupervised_schedule: schedule ``epoch -> weight`` of the unsupervised term (0 before its start:
             then unlabeled images are not forwarded).
         threshold: confidence threshold of the pseudo-labels, in [0, 1].
         num_strong_views: independent strong views per unlabeled batch (UniMatch uses 2).
@@ -68,7 +68,7 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         supervised_loss: nn.Module,
         pseudo_label_loss: nn.Module,
         strong_view: StrongView,
-        unsupervised_weight: Callable[[float], float],
+        unsupervised_schedule: Callable[[float], float],
         threshold: float = 0.95,
         num_strong_views: int = 1,
         feature_dropout: float = 0.0,
@@ -89,7 +89,7 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         self.supervised_loss = supervised_loss
         self.pseudo_label_loss = pseudo_label_loss
         self.strong_view = strong_view
-        self.unsupervised_weight = unsupervised_weight
+        self.unsupervised_schedule = unsupervised_schedule
         self.threshold = float(threshold)
         self.num_strong_views = int(num_strong_views)
         self.feature_dropout = float(feature_dropout)
@@ -140,10 +140,10 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
 
     def uses_unlabeled_at(self, epoch: float) -> bool:
         # before the schedule starts the unlabeled term has weight 0: no unlabeled batch is needed
-        return float(self.unsupervised_weight(epoch)) > 0.0
+        return float(self.unsupervised_schedule(epoch)) > 0.0
 
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
-        weight = float(self.unsupervised_weight(epoch)) if unlabeled is not None else 0.0
+        weight = float(self.unsupervised_schedule(epoch)) if unlabeled is not None else 0.0
         if weight == 0.0:
             logits, _ = self.forward_heads(network, image)
             sup = self.supervised_loss(logits, label)
