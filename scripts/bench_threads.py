@@ -17,7 +17,6 @@ Example (the figures in bundle/docs/README.md, Throughput):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import statistics
@@ -30,7 +29,7 @@ from pathlib import Path
 import fire
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import REPO_ROOT, _config_stack  # noqa: E402  (the one place that builds config stacks)
+from benchmark import REPO_ROOT, _config_stack, bundle_run_command  # noqa: E402  (the one command builder)
 
 # the loss line of every iteration (`--log_interval 1`), with its time stamp
 _ITERATION = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - INFO - Epoch: \d+/\d+, Iter: (\d+)/\d+", re.M)
@@ -44,12 +43,10 @@ def _parse_setting(setting) -> tuple[int, int]:
 
 def _train_once(datalist: str, configs: Sequence[str], threads: int, iterations: int, workdir: Path, tag: str,
                 overrides: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(_config_stack(list(configs))),
-           "--datalist_file", datalist, "--epochs", "1", "--iterations_per_epoch", str(iterations),
-           "--val_interval", "1", "--log_interval", "1", "--num_threads", str(threads), "--resume", "false",
-           "--output_dir", str(workdir / tag), "--ckpt_dir", str(workdir / tag), "--validate_voxels", "false"]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)]
+    ids = dict(datalist_file=datalist, epochs=1, iterations_per_epoch=iterations, val_interval=1, log_interval=1,
+               num_threads=threads, resume=False, output_dir=str(workdir / tag), ckpt_dir=str(workdir / tag),
+               validate_voxels=False)
+    cmd = bundle_run_command(_config_stack(list(configs)), **{**ids, **overrides})
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -112,6 +112,13 @@ def _overrides(values: dict) -> list[str]:
     return args
 
 
+def bundle_run_command(stack: Sequence[str], **ids) -> list[str]:
+    """The ``python -m monai.bundle run`` command line of a config stack (from :func:`_config_stack`)
+    with ``--<id> <value>`` for every keyword (lists, dicts, booleans and None as JSON): the one place
+    that builds these commands (benchmark.py, label_efficiency.py, bench_threads.py)."""
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(list(stack)), *_overrides(ids)]
+
+
 def commands(
     method: str, fraction: float, datalist: str, base_configs: Sequence[str], run_dir: Path, seed: int,
     overrides: dict, split_seed: int | None = None, test_datalist: str | None = None,
@@ -119,15 +126,13 @@ def commands(
     """The training and evaluation commands of one run (``split_seed`` None: the same as ``seed``)."""
     stack = _config_stack([*base_configs, *method.split("+")])
     split = seed if split_seed is None else split_seed
-    common = ["--labeled_fraction", str(fraction), "--seed", str(seed), "--split_seed", str(split),
-              "--ckpt_dir", str(run_dir)]
-    train = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(stack),
-             "--datalist_file", str(datalist), *common, "--output_dir", str(run_dir), *_overrides(overrides)]
-    evaluate = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                json.dumps(stack + [str(CONFIGS / "evaluate.yaml")]),
-                "--datalist_file", str(test_datalist or datalist), *common,
-                "--output_dir", str(run_dir / ("test_external" if test_datalist else "test")), "--eval_split", "testing",
-                *_overrides({k: v for k, v in overrides.items() if k not in _TRAINING_ONLY})]
+    common = {"labeled_fraction": fraction, "seed": seed, "split_seed": split, "ckpt_dir": str(run_dir)}
+    train = bundle_run_command(stack, datalist_file=str(datalist), **common, output_dir=str(run_dir), **overrides)
+    evaluate = bundle_run_command(
+        stack + [str(CONFIGS / "evaluate.yaml")], datalist_file=str(test_datalist or datalist), **common,
+        output_dir=str(run_dir / ("test_external" if test_datalist else "test")), eval_split="testing",
+        **{k: v for k, v in overrides.items() if k not in _TRAINING_ONLY},
+    )
     return train, evaluate
 
 

@@ -23,22 +23,14 @@ from pathlib import Path
 
 import fire
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = REPO_ROOT / "bundle" / "configs"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark import REPO_ROOT, _config_stack, bundle_run_command  # noqa: E402  (the one command builder)
 
 
 def _command(method: str, fraction: float, run_dir: Path, overrides: dict) -> list[str]:
-    configs = [str(CONFIGS / "train.yaml")]
-    for name in method.split("+"):  # e.g. "semicml+supervised": Semi-CML's network, supervised only
-        override_file = CONFIGS / f"{name}.yaml"
-        if not override_file.is_file():
-            raise FileNotFoundError(f"no override config for method '{name}': {override_file}")
-        configs.append(str(override_file))
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(configs),
-           "--labeled_fraction", str(fraction), "--output_dir", str(run_dir), "--ckpt_dir", str(run_dir)]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict)) else str(value)]
-    return cmd
+    # e.g. "semicml+supervised": Semi-CML's network, supervised only
+    return bundle_run_command(_config_stack(method.split("+")), labeled_fraction=fraction, output_dir=str(run_dir),
+                              ckpt_dir=str(run_dir), **overrides)
 
 
 def _write(results: list[dict], out: Path) -> None:

@@ -169,3 +169,17 @@ def test_merged_report_keeps_the_machine_of_every_run(tmp_path):
     assert "platform here" not in text  # not the machine that merged them
     one = bench.write_report(runs[:1], tmp_path / "one.md", baseline="sup", num_bootstrap=10)
     assert "Machine: platform linux; cuda None" in one
+
+
+def test_one_command_builder_for_the_benchmark_tools(tmp_path):
+    spec = importlib.util.spec_from_file_location("label_efficiency", REPO_ROOT / "scripts" / "label_efficiency.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    cmd = sweep._command("semicml+supervised", 0.2, tmp_path, {"epochs": 3, "roi_size": [32, 32]})
+    assert cmd[:5] == [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    assert [p.rsplit("/", 1)[-1] for p in json.loads(cmd[5])] == ["train.yaml", "semicml.yaml", "supervised.yaml"]
+    assert cmd[cmd.index("--labeled_fraction") + 1] == "0.2" and cmd[cmd.index("--roi_size") + 1] == "[32, 32]"
+    assert bench.bundle_run_command(["a.yaml"], resume=False, x=None) == [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", '["a.yaml"]', "--resume", "false", "--x", "null"]
+    with pytest.raises(FileNotFoundError, match="no config 'nope'"):
+        sweep._command("nope", 0.2, tmp_path, {})
