@@ -21,7 +21,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.handlers import DiskSaver
+from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 __all__ = ["PARTIAL_SUFFIX", "atomic_save", "atomic_write_bytes", "AtomicDiskSaver", "AtomicCheckpointSaver"]
@@ -104,13 +104,15 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
     atomic_save(data, path, save_fn=_write_bytes)
 
 
-class AtomicDiskSaver(DiskSaver):
+class AtomicDiskSaver(BaseSaveHandler):
     """Ignite save handler that writes with :func:`atomic_save` and removes replaced files afterwards.
 
-    ``ignite.handlers.Checkpoint`` calls ``remove(old)`` before ``save(new)``. Here ``remove`` only
-    records the file, which is deleted once the next checkpoint has been written completely (never
-    the file just written, which matters for a fixed ``filename``). Only the process of rank
-    ``save_on_rank`` writes or deletes, as with ``DiskSaver``.
+    Not ignite's ``DiskSaver(atomic=True)``: that one neither ``fsync``-s the file nor its folder, and
+    ``ignite.handlers.Checkpoint`` calls ``remove(old)`` before ``save(new)``, so a process killed
+    between the two would leave no complete checkpoint. Here ``remove`` only records the file, which
+    is deleted once the next checkpoint has been written completely (never the file just written,
+    which matters for a fixed ``filename``). Only the process of rank ``save_on_rank`` writes or
+    deletes, as with ``DiskSaver``. It implements ignite's public ``BaseSaveHandler`` interface.
 
     Args:
         dirname: folder of the checkpoints (created if missing).
@@ -121,17 +123,19 @@ class AtomicDiskSaver(DiskSaver):
     """
 
     def __init__(self, dirname: str | Path, filename: str | None = None, save_on_rank: int = 0, **kwargs: Any):
-        super().__init__(
-            dirname=dirname, atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank, **kwargs
-        )
+        self.dirname = Path(dirname).expanduser()
         self.filename = filename
+        self.save_on_rank = int(save_on_rank)
+        self.kwargs = kwargs
         self._to_remove: list[str] = []
+        if idist.get_rank() == self.save_on_rank:
+            self.dirname.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        super().__call__(checkpoint=checkpoint, filename=self.filename or filename, metadata=metadata)
-
-    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
-        atomic_save(checkpoint, path, save_fn=func, **self.kwargs)
+        if idist.get_rank() != self.save_on_rank:
+            return
+        path = self.dirname / (self.filename or filename)
+        atomic_save(checkpoint, path, **self.kwargs)
         replaced, self._to_remove = self._to_remove, []
         for name in dict.fromkeys(replaced):
             if name != path.name:

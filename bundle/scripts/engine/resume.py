@@ -327,7 +327,9 @@ class ResumeTraining:
 
     Args:
         saver: the ``CheckpointSaver`` of the training state (interval checkpoints); its
-            ``save_dir``, ``save_dict`` and file prefix say what to load from where.
+            ``save_dir`` and ``save_dict`` say what to load from where.
+        file_prefix: the saver's ``file_prefix`` (MONAI's ``CheckpointSaver`` keeps it in no public
+            attribute): its checkpoints are ``<file_prefix>_*.pt``.
         resume: ``True``/``False``, or the strings ``"true"``, ``"false"``, ``"auto"`` (= true) of a
             command line.
         map_location: ``torch.load``'s ``map_location`` (e.g. the training device).
@@ -338,6 +340,7 @@ class ResumeTraining:
     def __init__(
         self,
         saver: Any,
+        file_prefix: str = "training_state",
         resume: bool | str = True,
         map_location: Any = None,
         strict: bool = True,
@@ -350,10 +353,9 @@ class ResumeTraining:
         self.logger = logging.getLogger(name) if name else logger
         self.checkpoint_dir = Path(saver.save_dir)
         self.load_dict: dict[str, Any] = dict(saver.save_dict)
-        interval = getattr(saver, "_interval_checkpoint", None)
-        if interval is None:
+        if int(getattr(saver, "save_interval", 0) or 0) <= 0:
             raise ValueError("ResumeTraining needs a CheckpointSaver with save_interval > 0 (interval checkpoints).")
-        self.file_prefix = str(interval.filename_prefix)
+        self.file_prefix = str(file_prefix)
         self.resumed_from: Path | None = None
 
     def attach(self, engine: Engine) -> None:
