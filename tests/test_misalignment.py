@@ -317,3 +317,15 @@ def test_benchmark_smoke(model_trained_with_misalignment, tmp_path):
     with pytest.raises(FileExistsError):  # never writes over an input
         mb.main([{"name": "x", "configs": ["train.yaml"], "checkpoint": str(out / "runs" / "cmc" / "aligned" / "metrics.json")}],
                 output_dir=str(out))
+
+
+def test_voxel_spacing_of_an_oblique_slice_counts_every_world_axis():
+    from monai.data import MetaTensor
+
+    from scripts.data.misalignment import voxel_spacing_of
+
+    affine = torch.eye(4, dtype=torch.float64)
+    affine[:3, 0] = torch.tensor([0.6, 0.0, 0.8]) * 2.0  # first in-plane axis tilted out of the x-y plane, 2 mm
+    affine[:3, 1] = torch.tensor([0.0, 1.5, 0.0])
+    img = MetaTensor(torch.zeros(1, 4, 5), affine=affine)
+    np.testing.assert_allclose(voxel_spacing_of(img, 2), [2.0, 1.5])  # not 1.2 (x and y components only)

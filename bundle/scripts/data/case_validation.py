@@ -40,6 +40,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from monai.data.utils import affine_to_spacing
 
 from ..errors import BundleError, as_bool
 
@@ -643,4 +644,4 @@ class _Validator:
 
 
 def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.sum(np.asarray(affine)[:3, :3] ** 2, axis=0))
+    return np.asarray(affine_to_spacing(np.asarray(affine, dtype=np.float64), r=3, suppress_zeros=False))

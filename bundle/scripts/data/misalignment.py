@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type, ensure_tuple
 
@@ -142,7 +143,8 @@ def voxel_spacing_of(img: Any, spatial_dims: int) -> np.ndarray:
     if affine is not None:
         a = np.asarray(torch.as_tensor(affine).detach().cpu(), dtype=np.float64)
         if a.ndim == 2 and a.shape[0] >= spatial_dims + 1 and a.shape[1] >= spatial_dims + 1:
-            spacing = np.sqrt((a[:-1, :spatial_dims] ** 2).sum(axis=0))
+            # every spatial row: an oblique slice's in-plane axes have a through-plane component
+            spacing = np.asarray(affine_to_spacing(a, r=a.shape[0] - 1, suppress_zeros=False))[:spatial_dims]
             if np.all(np.isfinite(spacing)) and np.all(spacing > 0):
                 return spacing
     meta = getattr(img, "meta", None) or {}
