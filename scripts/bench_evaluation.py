@@ -23,18 +23,14 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import fire
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = REPO_ROOT / "bundle"
-CONFIGS = BUNDLE / "configs"
-if str(BUNDLE) not in sys.path:
-    sys.path.insert(0, str(BUNDLE))  # the bundle's components, importable as `scripts`
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import BUNDLE, CONFIGS, format_machine, machine_description, timed  # noqa: E402
 
 
 class TwoPassHeads(torch.nn.Module):
@@ -68,11 +64,7 @@ def build_evaluator(workdir: str, ckpt_dir: str, configs: list[str]) -> Any:
 
 
 def _timed_run(evaluator: Any) -> tuple[float, dict[str, float]]:
-    start = time.perf_counter()
-    evaluator.run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    seconds = timed(evaluator.run)
     metrics = {k: float(v) for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
     return seconds, metrics
 
@@ -83,13 +75,13 @@ def _timed_inference(evaluator: Any, network: torch.nn.Module) -> float:
     network.eval()
     images = [batch["image"].to(evaluator.state.device if evaluator.state.device else "cpu")
               for batch in evaluator.data_loader]
-    start = time.perf_counter()
-    with torch.no_grad():
-        for image in images:
-            evaluator.inferer(image, network)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+
+    def infer_all() -> None:
+        with torch.no_grad():
+            for image in images:
+                evaluator.inferer(image, network)
+
+    return timed(infer_all)
 
 
 def main(repeats: int = 3, threads: int | None = 1, ckpt_dir: str | None = None, configs: tuple = ()) -> dict[str, Any]:
@@ -131,6 +123,7 @@ def main(repeats: int = 3, threads: int | None = 1, ckpt_dir: str | None = None,
         cases = len(evaluator.data_loader.dataset)
     one, two = statistics.median(times["one pass"]), statistics.median(times["two passes"])
     paired = statistics.median(a / b for a, b in zip(times["one pass"], times["two passes"], strict=True))
+    print(format_machine(machine_description()))
     print(f"[evaluation of the embedded test cases] {cases} cases, {repeats} alternating repeats, torch threads "
           f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     for name, values in times.items():

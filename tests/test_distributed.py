@@ -99,6 +99,8 @@ def test_methods_call_the_wrapper_not_the_inner_network(name):
     assert all(p.grad is not None for p in net.parameters())
     # the teachers are copies of the plain network
     teacher = getattr(method, "teacher", None)
+    if isinstance(teacher, torch.optim.swa_utils.AveragedModel):  # an EMA teacher averages a plain copy
+        teacher = teacher.module
     if teacher is not None:
         assert not isinstance(teacher, nn.DataParallel)
         assert not any(k.startswith("module.") for k in teacher.state_dict())
