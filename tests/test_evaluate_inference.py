@@ -311,7 +311,7 @@ def test_ensure_modality_channels_layouts(tmp_path):
 
 
 def test_modality_heads_wrapper_and_split():
-    from scripts.engine.evaluation import SplitHeadsd, head_keys
+    from scripts.engine.head_outputs import SplitHeadsd, head_keys
     from scripts.networks.cmc_net import CMCNet
     from scripts.networks.modality_heads import ModalityHeadsWrapper
 

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ __all__ = [
     "Datalist",
     "DatalistError",
     "derive_case_id",
+    "labeled_cases",
     "list_order",
     "load_datalist",
     "normalise_case",
@@ -588,3 +589,19 @@ def _apply_labeled_fraction(datalist: dict[str, list[dict]], fraction: float, sp
     datalist["training"] = [case for case in training if case["case"] in kept]
     moved = [{k: v for k, v in case.items() if k != "label"} for case in training if case["case"] not in kept]
     datalist["unlabeled"] = datalist["unlabeled"] + moved
+
+
+def labeled_cases(datalist: Mapping[str, Sequence[dict]], split: str) -> list[dict]:
+    """The cases of ``split``, which must all have a single label file (evaluation needs labels)."""
+    if split not in datalist:
+        raise ValueError(f"eval_split {str(split)!r} is not a datalist split (splits: {sorted(datalist)}).")
+    cases = list(datalist[split])
+    if not cases:
+        raise ValueError(f"eval_split {str(split)!r}: no cases to evaluate.")
+    unlabeled = [c.get("case", "?") for c in cases if not isinstance(c.get("label"), str)]
+    if unlabeled:
+        raise ValueError(
+            f"eval_split {str(split)!r}: evaluation needs one label file per case; missing or per-modality labels in "
+            f"cases {unlabeled}."
+        )
+    return cases

@@ -1,14 +1,7 @@
 # Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
-"""
-Evaluation of every modality head and of the fused prediction (``configs/evaluate.yaml``).
-
-- :class:`SplitHeadsd` splits the output of :class:`scripts.networks.modality_heads.ModalityHeadsWrapper`
-  into ``pred`` (fused) and ``pred_<modality>`` (one per head);
-- :func:`segmentation_metrics` builds the MONAI metric handlers (Dice, 95% Hausdorff distance,
-  average symmetric surface distance) of every head, with per-case details;
-- :class:`EvaluationReport` writes ``metrics.json`` and ``metrics.csv`` (per case, per class,
-  and the summary), overlay PNGs of the first cases, and prints the summary table.
-"""
+"""The evaluation report (``configs/evaluate.yaml``): :class:`EvaluationReport` writes ``metrics.json``
+and ``metrics.csv`` (per case, per class, and the summary), overlay PNGs of the first cases, and
+prints the summary table."""
 
 from __future__ import annotations
 
@@ -17,162 +10,17 @@ import json
 import logging
 import math
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.data.utils import affine_to_spacing
-from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
-from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
-from monai.transforms import MapTransform
 
-__all__ = [
-    "METRICS",
-    "EvaluationReport",
-    "PhysicalHausdorffDistanceMetric",
-    "PhysicalSurfaceDistanceMetric",
-    "voxel_spacing",
-    "SplitHeadsd",
-    "head_keys",
-    "labeled_cases",
-    "metric_name",
-    "segmentation_metrics",
-]
+from .head_outputs import head_keys, metric_name
+from .segmentation_metrics import METRICS
 
-#: metric short name -> description, in report order.
-METRICS = {"dice": "Dice", "hd95": "HD95", "asd": "ASD"}
-
-
-def head_keys(heads: Sequence[str], pred_key: str = "pred") -> list[str]:
-    """Output keys of the heads: ``pred`` for the first (fused), ``pred_<name>`` for the others."""
-    return [pred_key] + [f"{pred_key}_{h}" for h in list(heads)[1:]]
-
-
-def metric_name(head: str, metric: str) -> str:
-    """Name of a metric of a head in the evaluator's metrics, e.g. ``t1_hd95``."""
-    return f"{head}_{metric}"
-
-
-class SplitHeadsd(MapTransform):
-    """
-    Splits a channel-concatenated prediction ``(len(heads) * C, *spatial)`` into ``len(heads)``
-    predictions of ``C`` channels: the first stays under ``key``, head ``i > 0`` goes to
-    ``<key>_<heads[i]>``.
-
-    Args:
-        keys: the prediction key(s), usually ``"pred"``.
-        heads: head names, the fused prediction first, e.g. ``["fused", "t1", "t2", "flair"]``.
-    """
-
-    def __init__(self, keys: KeysCollection, heads: Sequence[str], allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.heads = [str(h) for h in heads]
-        if len(self.heads) < 1 or len(set(self.heads)) != len(self.heads):
-            raise ValueError(f"heads must be distinct names, got {heads}.")
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            pred = d[key]
-            n = len(self.heads)
-            if pred.shape[0] % n:
-                raise ValueError(
-                    f"{str(key)!r} has {pred.shape[0]} channels, not a multiple of {n} heads {self.heads}."
-                )
-            chunks = torch.chunk(pred, n, dim=0) if isinstance(pred, torch.Tensor) else np.split(pred, n, axis=0)
-            for out_key, chunk in zip(head_keys(self.heads, str(key)), chunks, strict=False):
-                d[out_key] = chunk
-        return d
-
-
-def voxel_spacing(image: Any) -> list[float] | None:
-    """Voxel size (mm) of a batched ``(1, K, *spatial)`` MetaTensor, from its affine; ``None`` if unknown."""
-    affine = getattr(image, "affine", None) if isinstance(image, MetaTensor) else None
-    if affine is None:
-        return None
-    a = torch.as_tensor(affine, dtype=torch.float64).cpu()
-    if a.ndim == 3:  # batched affine
-        a = a[0]
-    d = image.ndim - 2
-    if a.shape[0] != d + 1:
-        return None
-    return [float(v) for v in affine_to_spacing(a, r=d, suppress_zeros=False)]
-
-
-class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
-    """
-    ``HausdorffDistanceMetric`` in millimetres: every case's distances use the voxel size read from
-    the affine of its prediction (a MetaTensor, as MONAI's transforms return it), so that a 1.5 mm x
-    1.5 mm x 12 mm cardiac grid and a 1 mm isotropic brain grid are both reported in mm. A
-    prediction without an affine is measured in voxels. Takes the arguments of the MONAI metric.
-    """
-
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        kwargs.setdefault("spacing", voxel_spacing(y_pred))
-        return super()._compute_tensor(y_pred, y, **kwargs)
-
-
-class PhysicalSurfaceDistanceMetric(SurfaceDistanceMetric):
-    """``SurfaceDistanceMetric`` in millimetres, per case, as :class:`PhysicalHausdorffDistanceMetric`."""
-
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        kwargs.setdefault("spacing", voxel_spacing(y_pred))
-        return super()._compute_tensor(y_pred, y, **kwargs)
-
-
-def segmentation_metrics(
-    heads: Sequence[str], label_key: str = "label", pred_key: str = "pred", include_background: bool = False
-) -> dict[str, Any]:
-    """
-    MONAI metric handlers of every head: ``<head>_dice`` (``MeanDice``), ``<head>_hd95``
-    (95th-percentile Hausdorff distance) and ``<head>_asd`` (average symmetric surface distance),
-    each averaged over cases and classes, with per-case, per-class values saved in
-    ``engine.state.metric_details`` for :class:`EvaluationReport`. Distances are in millimetres,
-    from each case's voxel size (:class:`PhysicalHausdorffDistanceMetric`).
-
-    Args:
-        heads: head names, the fused prediction first (see :func:`head_keys` for their keys).
-        label_key: key of the one-hot label.
-        pred_key: key of the fused one-hot prediction.
-        include_background: whether class 0 is evaluated.
-    """
-    metrics: dict[str, Any] = {}
-    for head, key in zip(heads, head_keys(heads, pred_key), strict=False):
-        transform = from_engine([key, label_key])
-        metrics[metric_name(head, "dice")] = MeanDice(
-            include_background=include_background, output_transform=transform, save_details=True
-        )
-        metrics[metric_name(head, "hd95")] = IgniteMetricHandler(
-            metric_fn=PhysicalHausdorffDistanceMetric(include_background=include_background, percentile=95),
-            output_transform=transform,
-            save_details=True,
-        )
-        metrics[metric_name(head, "asd")] = IgniteMetricHandler(
-            metric_fn=PhysicalSurfaceDistanceMetric(include_background=include_background, symmetric=True),
-            output_transform=transform,
-            save_details=True,
-        )
-    return metrics
-
-
-def labeled_cases(datalist: Mapping[str, Sequence[dict]], split: str) -> list[dict]:
-    """The cases of ``split``, which must all have a single label file (evaluation needs labels)."""
-    if split not in datalist:
-        raise ValueError(f"eval_split {str(split)!r} is not a datalist split (splits: {sorted(datalist)}).")
-    cases = list(datalist[split])
-    if not cases:
-        raise ValueError(f"eval_split {str(split)!r}: no cases to evaluate.")
-    unlabeled = [c.get("case", "?") for c in cases if not isinstance(c.get("label"), str)]
-    if unlabeled:
-        raise ValueError(
-            f"eval_split {str(split)!r}: evaluation needs one label file per case; missing or per-modality labels in "
-            f"cases {unlabeled}."
-        )
-    return cases
+__all__ = ["EvaluationReport"]
 
 
 def _finite(value: float) -> float | None:
