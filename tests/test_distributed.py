@@ -186,6 +186,8 @@ def _ddp_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> Non
                 {"network": net.state_dict(), "method": method.state_dict(), "loss": float(out.loss)},
                 os.path.join(out_dir, f"{name}_rank{rank}.pt"),
             )
+        dist.barrier()  # every rank has written all its results
+        Path(out_dir, f"rank{rank}.done").touch()
     finally:
         dist.destroy_process_group()
 
@@ -205,10 +207,13 @@ def _assert_same(a, b, where=""):
         assert a == b, f"differs across ranks: {where}: {a} vs {b}"
 
 
-def _run_workers(tmp_path: Path, timeout_s: float = 300.0, attempts: int = 2) -> Path:
+def _run_workers(tmp_path: Path, timeout_s: float = 300.0, attempts: int = 2, exit_grace_s: float = 30.0) -> Path:
     """The two Gloo workers, each attempt bounded in time. Once, in a full suite run on a starved 2-core
     machine, one worker waited forever in a collective after the other had left (it passed alone, in
-    13 s); a hung attempt is killed and retried in a fresh folder rather than hanging the suite."""
+    13 s); a hung attempt is killed and retried in a fresh folder rather than hanging the suite. Seen
+    since: both workers write every result and pass the final barrier within seconds, then hang in
+    Gloo's teardown (``destroy_process_group``); once both ``rank*.done`` markers exist, the results are
+    complete, and workers still alive ``exit_grace_s`` later are killed instead of failing the test."""
     for attempt in range(attempts):
         folder = tmp_path / f"attempt{attempt}"
         folder.mkdir()
@@ -217,7 +222,14 @@ def _run_workers(tmp_path: Path, timeout_s: float = 300.0, attempts: int = 2) ->
             _ddp_worker, args=(2, str(folder / "init"), str(folder)), nprocs=2, join=False, start_method="spawn"
         )
         deadline = time.monotonic() + timeout_s
+        done_at = None
         while not context.join(timeout=5):
+            if done_at is None and all((folder / f"rank{r}.done").exists() for r in range(2)):
+                done_at = time.monotonic()
+            if done_at is not None and time.monotonic() > done_at + exit_grace_s:
+                for process in context.processes:
+                    process.kill()
+                return folder
             if time.monotonic() > deadline:
                 for process in context.processes:
                     process.kill()
