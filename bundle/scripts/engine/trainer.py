@@ -101,10 +101,10 @@ class SemiSupervisedTrainer(SupervisedTrainer):
                 f"SemiSupervisedTrainer does not use {', '.join(unused)}: the method's step calls the network and "
                 'computes the loss (compile the network itself, e.g. network: "$torch.compile(@network_def)").'
             )
-        kwargs.pop("compile", None)
-        accumulation_steps = int(kwargs.pop("accumulation_steps", 1))
-        if accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}.")
+        kwargs.pop("compile", None)  # true was refused above; a text "false" would read as true to SupervisedTrainer
+        kwargs["accumulation_steps"] = int(kwargs.get("accumulation_steps", 1))  # `--accumulation_steps 2` as text
+        if kwargs["accumulation_steps"] < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {kwargs['accumulation_steps']}.")
         kwargs.setdefault("decollate", False)
         if "amp" in kwargs:  # `--amp false` arrives as text
             kwargs["amp"] = as_bool(kwargs["amp"], "amp")
@@ -117,7 +117,6 @@ class SemiSupervisedTrainer(SupervisedTrainer):
             loss_function=_loss_is_the_method,
             **kwargs,
         )
-        self.accumulation_steps = accumulation_steps
         self.method = method.to(device)
         self.method.setup(network)
         self.unlabeled_data_loader = unlabeled_data_loader
@@ -168,13 +167,15 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         unlabeled = engine.next_unlabeled() if engine.method.uses_unlabeled_at(epoch) else None
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
 
-        # gradient accumulation: the optimizer steps every `accumulation_steps` iterations and at the
-        # end of an epoch, on the mean of the gradients since its last step
-        steps = engine.accumulation_steps
-        in_epoch = (engine.state.iteration - 1) % max(engine.state.epoch_length or 1, 1) + 1
-        first = steps == 1 or (in_epoch - 1) % steps == 0
-        last = steps == 1 or in_epoch % steps == 0 or in_epoch == engine.state.epoch_length
-        window = min(steps, (engine.state.epoch_length or in_epoch) - (in_epoch - 1) // steps * steps)
+        # gradient accumulation over windows of `accumulation_steps` iterations, as SupervisedTrainer does
+        # it (gradients zeroed at a window's first iteration, the optimizer stepped at its last, and a
+        # window never crosses the end of an epoch), but on the mean over the window's real length, so
+        # that the shorter last window of an epoch is not scaled down
+        steps, length = engine.accumulation_steps, engine.state.epoch_length
+        position = (engine.state.iteration - 1) % length if length else engine.state.iteration - 1
+        start = position - position % steps
+        window = min(steps, length - start) if length else steps
+        first, last = position == start, position == start + window - 1
 
         engine.network.train()
         engine.method.train()
