@@ -252,7 +252,8 @@ def test_inference_config_stands_alone_and_matches_training_defaults():
     assert network_def == train.get("network_def")
     assert infer.get("inferer") == train.get("validate#inferer")
     names = lambda transforms: [t["_target_"].split(".")[-1] for t in transforms]  # noqa: E731
-    validation = train.get("validate#load") + train.get("validate#transforms")
+    train.parse()  # resolves the `%` copies
+    validation = train.get("validate#reading") + train.get("validate#preparation")
     # after the reading (validation also reads and squeezes a label), the same transforms
     after = lambda transforms: names(transforms)[names(transforms).index("Orientationd"):]  # noqa: E731
     assert after(infer.get("preprocessing#transforms")) == after(validation) == ["Orientationd", "NormalizeIntensityd"]
