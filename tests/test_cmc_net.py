@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import pytest
@@ -258,3 +259,34 @@ def test_invalid_inputs():
         net(torch.randn(1, 2, 30, 32))
     with pytest.raises(ValueError, match="spatial dims"):
         net(torch.randn(1, 2, 32, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"spatial_dims": 1}, "spatial_dims must be 2 or 3"),
+        ({"num_modalities": 0}, "num_modalities must be an integer >= 1"),
+        ({"out_channels": 1.5}, "out_channels must be an integer >= 1"),
+        ({"channels": [16]}, "channels must have at least 2 positive levels"),
+        ({"channels": [16, 0]}, "channels must have at least 2 positive levels"),
+        ({"strides": [2]}, "strides must have len(channels) - 1 = 2 entries"),
+        ({"strides": [2, [2, 2, 2]]}, "each stride must be a positive int or 2 positive ints"),
+        ({"strides": [2, 0]}, "each stride must be a positive int or 2 positive ints"),
+    ],
+)
+def test_both_multimodal_networks_reject_bad_levels_by_name(kwargs, message):
+    from scripts.networks.decoupled_net import DecoupledMultiModalNet
+
+    args = {"spatial_dims": 2, "num_modalities": 2, "out_channels": 3, "channels": [8, 16, 32]} | kwargs
+    for network in (CMCNet, DecoupledMultiModalNet):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            network(**args)
+
+
+def test_network_levels_are_normalised_per_axis():
+    from scripts.networks.input_checks import check_network_levels
+
+    channels, strides = check_network_levels(3, 2, 4, (8.0, 16, 32), [2, (1, 2, 2)])
+    assert channels == [8, 16, 32] and all(type(c) is int for c in channels)
+    assert strides == [[2, 2, 2], [1, 2, 2]]
+    assert check_network_levels(2, 1, 2, [4, 8, 16, 32], None)[1] == [[2, 2]] * 3

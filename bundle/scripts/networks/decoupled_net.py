@@ -24,7 +24,7 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from .input_checks import check_multimodal_input
+from .input_checks import check_multimodal_input, check_network_levels
 
 __all__ = ["DecoupledMultiModalNet"]
 
@@ -90,25 +90,7 @@ class DecoupledMultiModalNet(nn.Module):
         available_modalities: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-        if int(num_modalities) != num_modalities or num_modalities < 1:
-            raise ValueError(f"num_modalities must be an integer >= 1, got {num_modalities}.")
-        if int(out_channels) != out_channels or out_channels < 1:
-            raise ValueError(f"out_channels must be an integer >= 1, got {out_channels}.")
-        channels = [int(c) for c in channels]
-        if len(channels) < 2 or any(c < 1 for c in channels):
-            raise ValueError(f"channels must have at least 2 positive levels, got {channels}.")
-        if strides is None:
-            strides = [2] * (len(channels) - 1)
-        if len(strides) != len(channels) - 1:
-            raise ValueError(f"strides must have len(channels) - 1 = {len(channels) - 1} entries, got {len(strides)}.")
-        per_dim_strides: list[list[int]] = []
-        for s in strides:
-            per_dim = [int(s)] * spatial_dims if isinstance(s, int) else [int(v) for v in s]
-            if len(per_dim) != spatial_dims or any(v < 1 for v in per_dim):
-                raise ValueError(f"each stride must be a positive int or {spatial_dims} positive ints, got {s}.")
-            per_dim_strides.append(per_dim)
+        channels, per_dim_strides = check_network_levels(spatial_dims, num_modalities, out_channels, channels, strides)
         if int(num_res_units) != num_res_units or num_res_units < 0:
             raise ValueError(f"num_res_units must be an integer >= 0, got {num_res_units}.")
         if not 0.0 <= float(dropout) < 1.0:
