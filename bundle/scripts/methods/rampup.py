@@ -17,7 +17,8 @@ __all__ = ["SigmoidRampUp", "LinearRampUp", "CosineRampDown", "ConstantWeight"]
 
 class _WeightSchedule:
     """
-    Common argument handling of the schedules below.
+    Common argument handling and evaluation of the schedules below: 0 before ``start``, then
+    ``weight * shape(t)`` with the ramp progress ``t`` (:meth:`progress`); subclasses give ``shape``.
 
     Args:
         weight: the final (maximum) weight; must be finite and non-negative.
@@ -30,7 +31,7 @@ class _WeightSchedule:
         ValueError: when an argument is negative or not finite.
     """
 
-    def __init__(self, weight: float, length: float, start: float = 0.0) -> None:
+    def __init__(self, weight: float, length: float = 40.0, start: float = 0.0) -> None:
         for name, value in (("weight", weight), ("length", length), ("start", start)):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value}.")
@@ -43,6 +44,15 @@ class _WeightSchedule:
         if self.length == 0:
             return 1.0 if epoch >= self.start else 0.0
         return min(max((epoch - self.start) / self.length, 0.0), 1.0)
+
+    def shape(self, t: float) -> float:
+        """The schedule's shape at progress ``t`` in [0, 1], as a fraction of ``weight``."""
+        raise NotImplementedError
+
+    def __call__(self, epoch: float) -> float:
+        if epoch < self.start:
+            return 0.0
+        return self.weight * self.shape(self.progress(epoch))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight}, length={self.length}, start={self.start})"
@@ -66,14 +76,8 @@ class SigmoidRampUp(_WeightSchedule):
         w = schedule(epoch + iteration / iterations_per_epoch)
     """
 
-    def __init__(self, weight: float, length: float = 40.0, start: float = 0.0) -> None:
-        super().__init__(weight, length, start)
-
-    def __call__(self, epoch: float) -> float:
-        if epoch < self.start:
-            return 0.0
-        t = self.progress(epoch)
-        return self.weight * math.exp(-5.0 * (1.0 - t) ** 2)
+    def shape(self, t: float) -> float:
+        return math.exp(-5.0 * (1.0 - t) ** 2)
 
 
 class LinearRampUp(_WeightSchedule):
@@ -88,13 +92,8 @@ class LinearRampUp(_WeightSchedule):
         start: epoch before which the weight is 0. Defaults to 0.
     """
 
-    def __init__(self, weight: float, length: float = 40.0, start: float = 0.0) -> None:
-        super().__init__(weight, length, start)
-
-    def __call__(self, epoch: float) -> float:
-        if epoch < self.start:
-            return 0.0
-        return self.weight * self.progress(epoch)
+    def shape(self, t: float) -> float:
+        return t
 
 
 class CosineRampDown(_WeightSchedule):
@@ -119,14 +118,8 @@ class CosineRampDown(_WeightSchedule):
         w = schedule(epoch + iteration / iterations_per_epoch)
     """
 
-    def __init__(self, weight: float, length: float = 40.0, start: float = 0.0) -> None:
-        super().__init__(weight, length, start)
-
-    def __call__(self, epoch: float) -> float:
-        if epoch < self.start:
-            return 0.0
-        t = self.progress(epoch)
-        return self.weight * 0.5 * (math.cos(math.pi * t) + 1.0)
+    def shape(self, t: float) -> float:
+        return 0.5 * (math.cos(math.pi * t) + 1.0)
 
 
 class ConstantWeight(_WeightSchedule):
@@ -143,5 +136,5 @@ class ConstantWeight(_WeightSchedule):
     def __init__(self, weight: float, length: float = 0.0, start: float = 0.0) -> None:
         super().__init__(weight, length, start)
 
-    def __call__(self, epoch: float) -> float:
-        return self.weight if epoch >= self.start else 0.0
+    def shape(self, t: float) -> float:
+        return 1.0
