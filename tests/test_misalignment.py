@@ -13,7 +13,13 @@ import torch
 from monai.data import MetaTensor
 
 from bundle_runner import CONFIGS, REPO_ROOT, TINY_SYNTHETIC, run_bundle, tiny_train_args
-from scripts.data.misalignment import ModalityMisalignd, RandModalityMisalignd, rotation_matrix
+from scripts.data.misalignment import (
+    ModalityMisalignd,
+    ModalityMotion,
+    RandModalityMisalignd,
+    move_channel,
+    rotation_matrix,
+)
 
 SPACING_2D = (2.0, 0.5)  # mm: axis 0 coarse, axis 1 fine
 
@@ -158,6 +164,26 @@ def test_random_misalignment_is_seeded_and_independent_per_modality():
         angle = math.degrees(math.atan2(motion.rotation[1, 0], motion.rotation[0, 0]))
         assert abs(angle) <= 10.0
         assert np.abs(motion.displacement_mm).max() <= 1.0 + 1e-9
+
+
+def test_displacement_moves_the_content_after_the_rigid_motion():
+    shape, spacing = (41, 45), np.array([1.0, 2.0])
+    blob = _blob(shape, spacing, (28.0, 22.0))
+    rotation = rotation_matrix(30.0, 2)
+    # a uniform field is a shift applied after the rotation (at the content's new position)
+    uniform = np.broadcast_to(np.array([3.0, -4.0])[:, None, None], (2, *shape)).copy()
+    moved = move_channel(blob, spacing, ModalityMotion(rotation, np.zeros(2), uniform), "bilinear")
+    shifted = move_channel(blob, spacing, ModalityMotion(rotation, np.array([3.0, -4.0])), "bilinear")
+    torch.testing.assert_close(moved, shifted, atol=1e-4, rtol=0)
+    # a field that varies: every output voxel y shows the input at y - displacement(y)
+    rand = _rand(5, max_shift_mm=0.0, max_rotation_deg=0.0, elastic_mm=2.0, modalities=[1])
+    out = rand({"image": MetaTensor(torch.stack([blob, blob]), affine=_affine(spacing))})
+    field_vox = rand.motions[1].displacement_mm / spacing.reshape(2, 1, 1)
+    assert np.abs(field_vox).max() > 0.5  # a displacement large enough for its direction to show
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    r2 = sum(((g - f - c) * s) ** 2 for g, f, c, s in zip(grids, field_vox, (28.0, 22.0), spacing, strict=True))
+    expected = torch.as_tensor(np.exp(-r2 / (2 * 3.0**2)), dtype=torch.float32)
+    torch.testing.assert_close(out["image"][1].as_tensor(), expected, atol=0.08, rtol=0)  # bilinear error < 0.06
 
 
 def test_random_shift_is_in_mm_and_prob_zero_changes_nothing():

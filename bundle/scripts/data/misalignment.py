@@ -26,10 +26,12 @@ Geometry (both transforms):
   angle is a rotation in the plane ``(0, 1)`` (about the last axis: the in-plane rotation of a stack
   of slices whose slice axis is last); three angles are rotations about axes 0, 1 and 2 (planes
   ``(1, 2)``, ``(2, 0)``, ``(0, 1)``), applied in that order;
-- the moved content is resampled with ``torch.nn.functional.grid_sample`` (``mode`` for images,
-  nearest for labels), with zeros outside the image; a modality that does not move is copied
-  unchanged, bit for bit; the affine and the rest of the metadata are kept (the grid does not
-  change, the content moves on it), and nothing is added to ``applied_operations``.
+- the moved content is resampled once, by MONAI's ``Resample`` on a grid from ``AffineGrid`` (plus
+  the elastic displacement, if any), with ``mode`` for images, nearest for labels, zeros outside the
+  image and ``align_corners=False`` (voxel centres, the grid centre at ``(size - 1) / 2``); a
+  modality that does not move is copied unchanged, bit for bit; the affine and the rest of the
+  metadata are kept (the grid does not change, the content moves on it), and nothing is added to
+  ``applied_operations``.
 
 Labels (``label_keys``): a label with ONE channel is the label of co-registered data; it lies on the
 reference modality's grid (``reference_modality``, index 0 by default, which never moves) and is
@@ -47,12 +49,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
-from monai.transforms import MapTransform, RandomizableTransform
-from monai.utils import convert_to_dst_type, ensure_tuple
+from monai.transforms import AffineGrid, MapTransform, RandomizableTransform, Resample, Resize
+from monai.transforms.utils import create_grid
+from monai.utils import convert_to_dst_type, convert_to_numpy, convert_to_tensor, ensure_tuple
 
 __all__ = [
     "ModalityMisalignd",
@@ -157,31 +159,29 @@ def voxel_spacing_of(img: Any, spatial_dims: int) -> np.ndarray:
 
 
 def _sampling_grid(
-    shape: Sequence[int], spacing: np.ndarray, motion: ModalityMotion, dtype: torch.dtype
+    shape: Sequence[int], spacing: np.ndarray, motion: ModalityMotion, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
     """
-    ``grid_sample`` grid (``align_corners=False``) that makes the content move by ``motion``:
-    every output point ``y`` (mm from the grid centre) samples the source point
-    ``rotation^T @ (y - shift - displacement(y))``.
+    ``Resample`` grid (``(d + 1, *shape)``, homogeneous, voxels from the grid centre) that makes the
+    content move by ``motion``: every output point ``y`` (mm from the grid centre) samples the source
+    point ``rotation^T @ (y - shift - displacement(y))`` mm, i.e. the voxel ``S^-1`` of that point,
+    with ``S = diag(spacing)``.
 
-    In ``grid_sample``'s normalised coordinates ``n`` (-1 and 1 at the outer edges of the grid), a
-    point lies ``n * size * spacing / 2`` mm from the centre along each axis, so the rigid part is
-    the affine map ``n -> H^-1 R^T H n - H^-1 R^T shift`` with ``H = diag(size * spacing / 2)``,
-    built by ``affine_grid`` without a full-size coordinate array per axis.
+    The voxel-space matrix ``S^-1 R^T`` is not a rotation on an anisotropic grid, which is why the
+    matrix is given to ``AffineGrid`` rather than angles (``Affine``/``RandAffine`` rotate voxel
+    coordinates). ``Affine`` itself is not used because the elastic displacement has to join the
+    same grid: one interpolation for the whole motion.
     """
     d = len(shape)
-    half = torch.tensor([n * s / 2.0 for n, s in zip(shape, spacing, strict=False)], dtype=torch.float64)
-    inverse = torch.as_tensor(motion.rotation, dtype=torch.float64).T
-    matrix = inverse * half[None, :] / half[:, None]
-    offset = -(inverse @ torch.as_tensor(motion.shift_mm, dtype=torch.float64)) / half
-    # grid_sample orders the coordinates from the last array axis to the first
-    theta = torch.cat([matrix.flip(0, 1), offset.flip(0)[:, None]], dim=1)[None]
-    grid = F.affine_grid(theta.to(dtype), [1, 1, *shape], align_corners=False)
+    points = create_grid(shape, spacing=tuple(float(s) for s in spacing), dtype=dtype, device=device, backend="torch")
     if motion.displacement_mm is not None:
-        displacement = torch.as_tensor(motion.displacement_mm, dtype=torch.float64)
-        delta = -torch.einsum("ij,j...->i...", inverse, displacement) / half.view(d, *[1] * d)
-        grid = grid + delta.flip(0).permute(*range(1, d + 1), 0)[None].to(dtype)
-    return grid
+        points[:d] -= torch.as_tensor(motion.displacement_mm, dtype=dtype, device=device)
+    to_source = motion.rotation.T / np.asarray(spacing, dtype=np.float64)[:, None]
+    affine = np.eye(d + 1)
+    affine[:d, :d] = to_source
+    affine[:d, d] = -to_source @ motion.shift_mm
+    grid, _ = AffineGrid(affine=torch.as_tensor(affine), dtype=dtype, device=device)(grid=points)
+    return convert_to_tensor(grid, track_meta=False)
 
 
 def move_channel(channel: torch.Tensor, spacing: np.ndarray, motion: ModalityMotion, mode: str) -> torch.Tensor:
@@ -193,12 +193,18 @@ def move_channel(channel: torch.Tensor, spacing: np.ndarray, motion: ModalityMot
         spacing: voxel size (mm) of each axis.
         motion: the motion of the content.
         mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
+
+    On an axis of a single voxel, ``Resample`` normalises coordinates by a width of 2 voxels, so a
+    motion along that axis moves the content half as far as on any other axis (the content of a
+    single slice has no neighbour to move towards; only its weight against the zeros changes).
     """
     if motion.is_identity():
         return channel.clone()
-    work = channel.to(torch.float64 if channel.dtype == torch.float64 else torch.float32)
-    grid = _sampling_grid(tuple(channel.shape), spacing, motion, work.dtype).to(work.device)
-    moved = F.grid_sample(work[None, None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0, 0]
+    # float32 unless the data is float64: MONAI's float64 default would double the cost of every case
+    dtype = torch.float64 if channel.dtype == torch.float64 else torch.float32
+    grid = _sampling_grid(tuple(channel.shape), spacing, motion, dtype, channel.device)
+    resample = Resample(mode=mode, padding_mode="zeros", norm_coords=True, align_corners=False, dtype=dtype)
+    moved = convert_to_tensor(resample(channel[None], grid=grid), track_meta=False)[0]
     return moved.to(channel.dtype)
 
 
@@ -536,7 +542,15 @@ class RandModalityMisalignd(RandomizableTransform, _ModalityMotionApplier):
 
 
 def _smooth_field(control: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
-    """``(d, *control grid)`` values interpolated (bi/trilinear, corners aligned) to ``(d, *spatial_shape)``."""
+    """
+    ``(d, *control grid)`` values interpolated (bi/trilinear, corners aligned) to ``(d, *spatial_shape)``.
+
+    MONAI's ``Rand2DElastic``/``Rand3DElastic`` do not fit this field: they draw their own offsets
+    (normal, unbounded, in voxels, on a control grid set by a spacing in voxels, or Gaussian-smoothed
+    per-voxel noise in 3-D) from their own generator, so neither the bound "at most ``elastic_mm``
+    along any axis" in mm on anisotropic grids nor the draws of a seeded run would hold, and they
+    resample on their own, apart from the modality's rigid motion.
+    """
     mode = "bilinear" if len(spatial_shape) == 2 else "trilinear"
-    field = F.interpolate(torch.as_tensor(control)[None], size=tuple(spatial_shape), mode=mode, align_corners=True)
-    return field[0].numpy()
+    resize = Resize(spatial_size=tuple(spatial_shape), mode=mode, align_corners=True, dtype=torch.float64)
+    return convert_to_numpy(resize(control), dtype=np.float64)
