@@ -10,6 +10,8 @@ from itertools import combinations
 import pytest
 import torch
 import torch.nn.functional as F
+from ignite.engine import Engine
+from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
 from torch import nn
@@ -420,9 +422,96 @@ def test_modality_validation_scores_each_modality_network_separately(caplog):
     assert recorder.calls == [(4, [1.0, 0.0])]
     assert handler.history == [(4, [1.0, 0.0])]
     assert "t1 1.0000, t2 0.0000" in caplog.text
+    # each modality's evaluator logs on its own child of the handler's logger, warnings only: the
+    # handler's line above carries the scores
+    assert [e.logger.name for e in handler.evaluators(_FakeDecoupled(), "cpu")] == [
+        "ModalityValidation.t1",
+        "ModalityValidation.t2",
+    ]
+    assert not any(r.name.startswith("ModalityValidation.") for r in caplog.records)
     assert strongest_modality(recorder.calls[0][1]) == 0
     with pytest.raises(ValueError):
         ModalityValidationHandler(loader, SimpleInferer(), num_classes=3, interval=0)
+
+
+def _two_labels():
+    """Two different 3-class labels (1, 1, 8, 8): one per modality."""
+    first, second = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)
+    first[:, :, 2:5, 2:6], first[:, :, 5:7, 1:3] = 1, 2
+    second[:, :, 0:3, 4:8], second[:, :, 6:8, 0:5] = 2, 1
+    return first, second
+
+
+def _foreground_dice(pred, label):
+    """Mean Dice of classes 1 and 2, by hand."""
+    dice = [
+        2 * float(((pred == c) & (label == c)).sum()) / float((pred == c).sum() + (label == c).sum()) for c in (1, 2)
+    ]
+    return sum(dice) / 2
+
+
+def test_modality_validation_scores_network_m_against_label_channel_m():
+    first, second = _two_labels()
+    # each modality's image is its own label: a perfect score only against its own label channel
+    loader = [{"image": torch.cat([first, second], 1), "label": torch.cat([first, second], 1)}] * 2
+    handler = ModalityValidationHandler(loader, SimpleInferer(), num_classes=3)
+    assert handler.evaluate(_FakeDecoupled(), "cpu") == [1.0, 1.0]
+    # the same image against a single label: modality 1 is scored against `first` (Dice by hand)
+    single = [{"image": torch.cat([first, second], 1), "label": first}]
+    scores = ModalityValidationHandler(single, SimpleInferer(), num_classes=3).evaluate(_FakeDecoupled(), "cpu")
+    expected = _foreground_dice(second, first)
+    assert scores[0] == 1.0 and scores[1] == pytest.approx(expected, abs=1e-6) and expected < 0.5
+
+
+class _ModeSpy(nn.Module):
+    """_LabelCopy that records the mode and gradient state of each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        return _LabelCopy()(x)
+
+
+def test_modality_validation_runs_monai_evaluators_in_eval_mode_and_restores_training():
+    net = _FakeDecoupled()
+    net.nets = nn.ModuleList([_ModeSpy(), _ModeSpy()])
+    first, second = _two_labels()
+    loader = [{"image": torch.cat([first, second], 1), "label": first}] * 3
+    handler = ModalityValidationHandler(loader, SimpleInferer(), num_classes=3, amp=True)
+    # the trainer's (wrapped) network, as under DDP
+    assert handler.evaluate(nn.DataParallel(net), "cpu", epoch=2)[0] == 1.0
+    assert all(spy.calls == [(False, False)] * 3 for spy in net.nets)
+    assert net.training and all(module.training for module in net.modules())
+    evaluators = handler.evaluators(net, "cpu")
+    assert len(evaluators) == 2 and all(type(e) is SupervisedEvaluator for e in evaluators)
+    assert [e.network for e in evaluators] == list(net.nets)
+    assert not any(e.amp for e in evaluators)  # CUDA autocast only on a GPU
+    # reused while the network stays the same: each one tracks its modality's best score
+    handler.evaluate(net, "cpu", epoch=4)
+    assert handler.evaluators(net, "cpu") == evaluators
+    best = [(e.state.best_metric, e.state.best_metric_epoch) for e in evaluators]
+    assert best == [(1.0, 2), (pytest.approx(_foreground_dice(second, first), abs=1e-6), 2)]
+    assert handler.evaluators(_FakeDecoupled(), "cpu") != evaluators
+    with pytest.raises(TypeError, match="modality_network"):
+        handler.evaluate(nn.Conv2d(2, 3, 1), "cpu")
+    with pytest.raises(ValueError, match="no batch"):
+        ModalityValidationHandler([], SimpleInferer(), num_classes=3).evaluate(net, "cpu")
+
+
+def test_modality_validation_every_interval_epochs_on_the_trainer():
+    label = torch.zeros(1, 1, 8, 8)
+    label[:, :, 2:5, 2:6] = 1
+    loader = [{"image": torch.cat([label, torch.zeros_like(label)], dim=1), "label": label}]
+    trainer = Engine(lambda engine, batch: None)
+    trainer.network, trainer.method = _FakeDecoupled(), _Recorder()
+    trainer.state.device = torch.device("cpu")
+    handler = ModalityValidationHandler(loader, SimpleInferer(), num_classes=3, interval=2)
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=5)
+    assert trainer.method.calls == handler.history == [(2, [1.0, 0.0]), (4, [1.0, 0.0])]
 
 
 # --------------------------------------------------------------------------------------------------------------------
