@@ -2,37 +2,25 @@
 Embedded default dataset: small synthetic multimodal "anatomy" volumes written as NIfTI files.
 
 The bundle runs out of the box on this dataset, so the whole pipeline (loading, semi-supervised
-training, multimodal fusion, evaluation) can be exercised without downloading real data.
+training, multimodal fusion, evaluation) can be exercised without downloading real data. This
+module holds the public entry point (:func:`generate_synthetic_dataset`), the contrast table and
+the writing of the files; the shapes are drawn by :mod:`.synthetic_anatomy` and painted by
+:mod:`.synthetic_rendering`.
 
-Anatomy
-    Every case contains three nested structures drawn with a random position, size, ellipticity
-    and orientation (ellipses in 2D, ellipsoids in 3D):
+Labels (``SYNTHETIC_LABELS``)
 
     ======  ==========  =================================================================
     label   name        shape
     ======  ==========  =================================================================
-    0       background  everything else
-    1       outer       a large ellipse, like an organ or a body wall
+    0       background  everything else, including 2-3 unlabeled "distractor" structures
+    1       outer       a large ellipse (ellipsoid in 3D), like an organ or a body wall
     2       wall        a ring inside ``outer`` (an ellipse minus ``cavity``), like a
                         myocardium
     3       cavity      an ellipse inside the ring, like a ventricle cavity
     ======  ==========  =================================================================
 
-Anatomy
-    Three nested ellipses (2D) or ellipsoids (3D) of random size, position, aspect and
-    orientation, all bent by one smooth random deformation per case (a few low-frequency sine
-    displacement components of up to ``_DEFORMATION_MM``), so boundaries are irregular rather than
-    conic. Two to three "distractor" structures (other organs) lie beside them: they are
-    background in the label, but every modality paints them with its own random intensity drawn
-    from the foreground range, so a single modality can mistake them for a labeled class.
-
-Image formation
-    Each modality paints the label map with its own mean intensity per class (the contrast
-    table below) and the distractors with their per-case intensity, modulates every tissue by a
-    smooth random texture (+-``_TEXTURE`` relative), blurs it slightly (partial-volume effect,
-    Gaussian sigma 0.5 voxel), multiplies it by its own smooth random bias field (``exp`` of a
-    random polynomial of degree <= 2 in the normalised coordinates, with a peak log-amplitude
-    between half and all of the modality's bias strength) and adds its own Gaussian noise.
+    Every case has its own random position, size, aspect, orientation and smooth deformation of
+    the structures.
 
 Contrast table (mean intensity per class; modality ``i`` of the requested list uses row ``i``)
 
@@ -53,7 +41,8 @@ Contrast table (mean intensity per class; modality ``i`` of the requested list u
     or ``(outer, wall)`` (for ``i % 3 == 0, 1, 2``) share a level in [0.35, 0.8], puts the third
     foreground class at least 0.3 away from it (in [0.25, 1.0]), the background in [0, 0.12],
     the noise std in [0.10, 0.20] and the bias strength in [0.25, 0.40]. Rows 0-2 always exist
-    in that case and each separates the pairs ambiguous elsewhere.
+    in that case and each separates the pairs ambiguous elsewhere. Every modality also adds its
+    own texture, blur, bias field and noise, and paints the distractors with its own intensities.
 
 Misalignment
     With ``misalignment_mm > 0`` every modality with index >= 1 sees the anatomy moved by its
@@ -88,12 +77,18 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+
+from .synthetic_anatomy import (
+    SYNTHETIC_LABELS,
+    image_affine,
+    image_grid,
+    render_distractors,
+    render_label,
+    sample_anatomy,
+)
+from .synthetic_rendering import misaligned_points, render_image
 
 __all__ = ["SYNTHETIC_LABELS", "SyntheticContrast", "generate_synthetic_dataset", "synthetic_contrast"]
-
-#: label name -> label value written in the label maps and in ``datalist.json``.
-SYNTHETIC_LABELS: dict[str, int] = {"background": 0, "outer": 1, "wall": 2, "cavity": 3}
 
 DATALIST_NAME = "datalist.json"
 MANIFEST_NAME = "synthetic.json"
@@ -105,40 +100,8 @@ _RESERVED_KEYS = ("case", "image", "label")
 _MODALITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 # seed of the generator that draws contrast rows beyond the fixed table
 _CONTRAST_SEED = 7919
-_PARTIAL_VOLUME_SIGMA = 0.5
-_MAX_MISALIGNMENT_DEG = 3.0
-# peak displacement (mm, per 64 voxels of image size) of the smooth per-case shape deformation
-_DEFORMATION_MM = 3.0
-# number of distractor structures per case, and their intensity range in every modality
-_DISTRACTORS = (2, 3)
-_DISTRACTOR_INTENSITY = (0.25, 0.9)
-# relative amplitude and smoothness (voxels) of the tissue texture
-_TEXTURE = 0.12
-_TEXTURE_SIGMA = 2.0
 # foreground class pairs (label values) made ambiguous by seeded rows, chosen by row index % 3
 _SEEDED_PAIRS = ((2, 3), (1, 3), (1, 2))
-# sampling ranges of the anatomy: outer semi-axis (fraction of the image size), aspect ratios of the
-# other outer axes, wall size (fraction of the smallest outer semi-axis), cavity size (fraction of the
-# wall), centre shifts (fraction of the image size). 3D uses larger structures so that the small
-# classes keep enough voxels despite the cubic volume scaling.
-_SHAPE_RANGES: dict[int, dict[str, Any]] = {
-    2: {
-        "outer": (0.28, 0.40),
-        "outer_aspect": (0.7, 1.0),
-        "outer_shift": 0.06,
-        "wall": (0.6, 0.75),
-        "wall_shift": 0.03,
-        "cavity": (0.5, 0.65),
-    },
-    3: {
-        "outer": (0.34, 0.44),
-        "outer_aspect": (0.75, 1.0),
-        "outer_shift": 0.04,
-        "wall": (0.65, 0.8),
-        "wall_shift": 0.025,
-        "cavity": (0.55, 0.7),
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -404,201 +367,10 @@ def _existing_dataset_matches(out_dir: str, params: dict[str, Any]) -> bool:
     return True
 
 
-# ------------------------------------------------------------------------------------------------
-# geometry
-
-
-@dataclass(frozen=True)
-class _Ellipsoid:
-    """Ellipse (2D) or ellipsoid (3D): centre and semi-axes in mm, rotation whose columns are the axes."""
-
-    center: np.ndarray
-    semi_axes: np.ndarray
-    rotation: np.ndarray
-
-    def contains(self, points: np.ndarray) -> np.ndarray:
-        """Boolean mask of the ``points`` (shape ``(dims, *grid)``) inside the ellipsoid."""
-        offset = points - self.center.reshape((-1,) + (1,) * (points.ndim - 1))
-        local = np.einsum("ji,j...->i...", self.rotation, offset)
-        radius = sum((local[i] / self.semi_axes[i]) ** 2 for i in range(local.shape[0]))
-        return radius <= 1.0
-
-
-def _random_rotation(rng: np.random.Generator, dims: int) -> np.ndarray:
-    """Uniformly distributed random rotation matrix."""
-    if dims == 2:
-        angle = rng.uniform(0.0, 2.0 * np.pi)
-        return _rotation_2d(angle)
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
-
-
-def _rotation_2d(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s], [s, c]])
-
-
-def _small_rotation(rng: np.random.Generator, dims: int, max_degrees: float) -> np.ndarray:
-    """Rotation by a random angle in ``[-max_degrees, max_degrees]`` (about a random axis in 3D)."""
-    angle = np.deg2rad(rng.uniform(-max_degrees, max_degrees))
-    if dims == 2:
-        return _rotation_2d(angle)
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    cross = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-    return np.eye(3) + np.sin(angle) * cross + (1.0 - np.cos(angle)) * cross @ cross
-
-
-@dataclass(frozen=True)
-class _Anatomy:
-    """One case: nested outer / wall / cavity ellipsoids, unlabeled distractors, a smooth deformation."""
-
-    outer: _Ellipsoid
-    wall: _Ellipsoid
-    cavity: _Ellipsoid
-    distractors: tuple[_Ellipsoid, ...]
-    # deformation: displacement_i(p) = sum_k amplitude[k, i] * sin(frequency[k] . p + phase[k])
-    frequency: np.ndarray
-    phase: np.ndarray
-    amplitude: np.ndarray
-
-    def deform(self, points: np.ndarray) -> np.ndarray:
-        """Anatomy points (shape ``(dims, *grid)``) bent by the case's smooth deformation."""
-        out = points.copy()
-        for freq, phase, amp in zip(self.frequency, self.phase, self.amplitude, strict=False):
-            wave = np.sin(np.einsum("i,i...->...", freq, points) + phase)
-            out += amp.reshape((-1,) + (1,) * (points.ndim - 1)) * wave
-        return out
-
-
-def _sample_anatomy(rng: np.random.Generator, dims: int, size: int) -> _Anatomy:
-    """Random anatomy of one case (mm, relative to the image centre)."""
-    shape = _SHAPE_RANGES[dims]
-    outer_axes = (
-        size
-        * rng.uniform(*shape["outer"])
-        * np.concatenate([[1.0], rng.uniform(*shape["outer_aspect"], size=dims - 1)])
-    )
-    outer_center = rng.uniform(-1.0, 1.0, dims) * shape["outer_shift"] * size
-    outer = _Ellipsoid(outer_center, outer_axes, _random_rotation(rng, dims))
-    wall_axes = (
-        outer_axes.min() * rng.uniform(*shape["wall"]) * np.concatenate([[1.0], rng.uniform(0.8, 1.0, dims - 1)])
-    )
-    wall_center = outer.center + rng.uniform(-1.0, 1.0, dims) * shape["wall_shift"] * size
-    wall = _Ellipsoid(wall_center, wall_axes, _random_rotation(rng, dims))
-    # same orientation as the wall so that the ring keeps a thickness all around
-    cavity_axes = wall_axes * rng.uniform(*shape["cavity"]) * rng.uniform(0.9, 1.0, dims)
-    cavity = _Ellipsoid(wall.center + rng.uniform(-0.01, 0.01, dims) * size, cavity_axes, wall.rotation)
-    # distractors: small blobs around the outer structure, touching it at most
-    distractors = []
-    for _ in range(int(rng.integers(_DISTRACTORS[0], _DISTRACTORS[1] + 1))):
-        direction = rng.normal(size=dims)
-        direction /= np.linalg.norm(direction)
-        axes = size * rng.uniform(0.06, 0.12, dims)
-        distance = outer_axes.max() + axes.max() * rng.uniform(0.6, 1.2)
-        center = outer_center + direction * min(distance, 0.5 * size - axes.max())
-        distractors.append(_Ellipsoid(center, axes, _random_rotation(rng, dims)))
-    # smooth deformation: 3 sine components with wavelengths of 0.5-1.5 image sizes
-    n_waves = 3
-    frequency = rng.normal(size=(n_waves, dims))
-    frequency *= (2.0 * np.pi / (size * rng.uniform(0.5, 1.5, n_waves)) / np.linalg.norm(frequency, axis=1))[:, None]
-    phase = rng.uniform(0.0, 2.0 * np.pi, n_waves)
-    amplitude = rng.normal(size=(n_waves, dims)) * (_DEFORMATION_MM * size / 64.0 / np.sqrt(n_waves))
-    return _Anatomy(outer, wall, cavity, tuple(distractors), frequency, phase, amplitude)
-
-
-def _render_label(anatomy: _Anatomy, points: np.ndarray) -> np.ndarray:
-    """Label map of ``anatomy`` sampled at ``points`` (shape ``(dims, *grid)``); nesting is enforced."""
-    points = anatomy.deform(points)
-    in_outer = anatomy.outer.contains(points)
-    in_wall = anatomy.wall.contains(points) & in_outer
-    in_cavity = anatomy.cavity.contains(points) & in_wall
-    label = np.zeros(points.shape[1:], dtype=np.uint8)
-    label[in_outer] = SYNTHETIC_LABELS["outer"]
-    label[in_wall] = SYNTHETIC_LABELS["wall"]
-    label[in_cavity] = SYNTHETIC_LABELS["cavity"]
-    return label
-
-
-def _render_distractors(anatomy: _Anatomy, points: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """Index map of the distractors (0 none, k the k-th distractor) in the background of ``label``."""
-    points = anatomy.deform(points)
-    index = np.zeros(points.shape[1:], dtype=np.int64)
-    for k, blob in enumerate(anatomy.distractors, start=1):
-        index[blob.contains(points) & (label == 0)] = k
-    return index
-
-
-def _grid(dims: int, size: int) -> np.ndarray:
-    """Voxel centres in mm relative to the image centre, shape ``(dims, size, ..., size)``."""
-    axis = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
-    return np.stack(np.meshgrid(*([axis] * dims), indexing="ij"))
-
-
-def _affine(dims: int, size: int) -> np.ndarray:
-    """1 mm isotropic affine placing the world origin at the image centre."""
-    affine = np.eye(4)
-    affine[:dims, 3] = -(size - 1) / 2.0
-    return affine
-
-
-# ------------------------------------------------------------------------------------------------
-# appearance
-
-
-def _bias_field(rng: np.random.Generator, grid: np.ndarray, strength: float) -> np.ndarray:
-    """Smooth multiplicative field ``exp(p(x))``, ``p`` a random polynomial of degree <= 2."""
-    dims = grid.shape[0]
-    unit = grid / max(float(np.abs(grid).max()), 1e-6)
-    terms = [unit[i] for i in range(dims)]
-    terms += [unit[i] * unit[j] for i in range(dims) for j in range(i, dims)]
-    log_field = sum(c * t for c, t in zip(rng.normal(size=len(terms)), terms, strict=False))
-    peak = max(float(np.abs(log_field).max()), 1e-6)
-    return np.exp(log_field * (strength * rng.uniform(0.5, 1.0) / peak))
-
-
-def _render_image(
-    rng: np.random.Generator, label: np.ndarray, distractors: np.ndarray, grid: np.ndarray, contrast: SyntheticContrast
-) -> np.ndarray:
-    """Paint ``label`` (and the distractor index map) with ``contrast``: class means, texture,
-    partial-volume blur, bias field, noise."""
-    image = np.asarray(contrast.class_means, dtype=np.float64)[label]
-    n_distractors = int(distractors.max())
-    if n_distractors:
-        levels = np.concatenate([[0.0], rng.uniform(*_DISTRACTOR_INTENSITY, size=n_distractors)])
-        image = np.where(distractors > 0, levels[distractors], image)
-    texture = ndimage.gaussian_filter(rng.normal(size=label.shape), sigma=_TEXTURE_SIGMA)
-    texture *= _TEXTURE / max(float(np.abs(texture).max()), 1e-6)
-    image *= 1.0 + texture
-    image = ndimage.gaussian_filter(image, sigma=_PARTIAL_VOLUME_SIGMA, mode="nearest")
-    image *= _bias_field(rng, grid, contrast.bias_strength)
-    image += rng.normal(0.0, contrast.noise_std, size=image.shape)
-    return image.astype(np.float32)
-
-
-def _misalign(points: np.ndarray, rng: np.random.Generator, max_mm: float) -> np.ndarray:
-    """
-    Anatomy coordinates seen at ``points`` by a modality moved by a random rigid transform
-    (translation between ``max_mm / 2`` and ``max_mm``, rotation up to a few degrees).
-    """
-    dims = points.shape[0]
-    direction = rng.normal(size=dims)
-    direction /= np.linalg.norm(direction)
-    translation = direction * rng.uniform(0.5, 1.0) * max_mm
-    rotation = _small_rotation(rng, dims, _MAX_MISALIGNMENT_DEG)
-    # a voxel at x shows the anatomy point p with x = R p + t, so p = R^T (x - t)
-    shifted = points - translation.reshape((-1,) + (1,) * dims)
-    return np.einsum("ji,j...->i...", rotation, shifted)
-
-
-# ------------------------------------------------------------------------------------------------
-# writing
-
-
 def _save_nifti(path: str, array: np.ndarray, affine: np.ndarray) -> None:
+    # nibabel rather than MONAI's NibabelWriter, which keeps arrays and affines but not the files of the
+    # datasets generated so far: it forces qform_code = sform_code = 1 (these files carry nibabel's 0
+    # and 2), needs a header to keep the mm units, and resamples every array (resample=False fails in 2-D)
     image = nib.Nifti1Image(array, affine)
     image.header.set_data_dtype(array.dtype)
     image.header.set_xyzt_units("mm")
@@ -613,8 +385,8 @@ def _write_dataset(root: str, params: dict[str, Any]) -> None:
     seed: int = params["seed"]
     misalignment: float = params["misalignment_mm"]
     contrasts = [synthetic_contrast(i) for i in range(len(modalities))]
-    grid = _grid(dims, size)
-    affine = _affine(dims, size)
+    grid = image_grid(dims, size)
+    affine = image_affine(dims, size)
     counts = {
         "training": params["num_training"],
         "unlabeled": params["num_unlabeled"],
@@ -635,17 +407,23 @@ def _write_dataset(root: str, params: dict[str, Any]) -> None:
             case_index += 1
             case_id = f"syn_{case_index:04d}"
             # independent random streams: anatomy, per-modality appearance, per-modality motion
-            anatomy = _sample_anatomy(np.random.default_rng([seed, case_index, 0]), dims, size)
+            anatomy = sample_anatomy(np.random.default_rng([seed, case_index, 0]), dims, size)
             entry: dict[str, Any] = {"case": case_id}
             labels: dict[str, np.ndarray] = {}
             for m, (name, contrast) in enumerate(zip(modalities, contrasts, strict=False)):
                 points = grid
                 if misalignment > 0 and m > 0:
-                    points = _misalign(grid, np.random.default_rng([seed, case_index, 2, m]), misalignment)
-                labels[name] = _render_label(anatomy, points)
-                distractors = _render_distractors(anatomy, points, labels[name])
-                image = _render_image(
-                    np.random.default_rng([seed, case_index, 1, m]), labels[name], distractors, grid, contrast
+                    points = misaligned_points(grid, np.random.default_rng([seed, case_index, 2, m]), misalignment)
+                labels[name] = render_label(anatomy, points)
+                distractors = render_distractors(anatomy, points, labels[name])
+                image = render_image(
+                    np.random.default_rng([seed, case_index, 1, m]),
+                    labels[name],
+                    distractors,
+                    grid,
+                    class_means=contrast.class_means,
+                    noise_std=contrast.noise_std,
+                    bias_strength=contrast.bias_strength,
                 )
                 rel = f"{split}/{case_id}_{name}.nii.gz"
                 _save_nifti(os.path.join(root, rel), image, affine)
