@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data.datalist import load_datalist
+from scripts.data.datalist import load_datalist, select_labeled
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "scripts" / "prepare_datalist.py"
@@ -216,6 +217,37 @@ def test_split_cases_is_order_independent():
     assert a == b
     assert prep.split_cases(ids, 6, 4, seed=5)["testing"] == a["testing"]
     assert sorted(a["training"] + a["validation"] + a["testing"]) == sorted(ids)
+
+
+def test_labeled_selection_is_the_loaders():
+    assert prep.select_labeled is select_labeled  # one rule for preparing and loading with a fraction
+    kept, moved = prep.select_labeled([f"c{i}" for i in range(10)], 0.25, seed=3)
+    assert len(kept) == 3 and sorted(kept + moved) == sorted(f"c{i}" for i in range(10))  # round(2.5) == 3
+
+
+def test_sub_commands_keep_their_command_line():
+    """fire builds each sub-command's flags and --help from its signature and docstring."""
+    shared = ["num_validation", "num_testing", "validation_fraction", "testing_fraction", "labeled_fraction",
+              "seed", "overwrite", "absolute_paths"]
+    folder = ["modalities", "label_map", "label_dir", "allow_unlabeled", "check_labels"]
+    own = {
+        "myops": ["label_dir", "keep_pathology", "modalities", "labeled_subdir", "unlabeled_subdir"],
+        "brats2013": folder,
+        "brats2021": folder,
+        "msd": ["dataset_json", "include_test_images", "check_labels"],
+        "amos": ["pairing", "mri_min_id", "include_test_images", "check_labels"],
+    }
+    heading = {"myops": "MyoPS 2020", "brats2013": "BRATS 2013/2015", "brats2021": "BraTS 2021-2023",
+               "msd": "Medical Segmentation Decathlon", "amos": "AMOS 2022"}
+    assert list(prep.COMMANDS) == list(own)
+    for name, command in prep.COMMANDS.items():
+        parameters = inspect.signature(command).parameters
+        assert list(parameters) == ["data_dir", "output", *own[name], *shared], name
+        assert parameters["data_dir"].default is inspect.Parameter.empty
+        assert parameters["output"].default is None and parameters["labeled_fraction"].default == 1.0
+        assert command.__name__ == name and inspect.getdoc(command).startswith(heading[name])
+    assert inspect.signature(prep.myops).parameters["modalities"].default == ("c0", "lge", "t2")
+    assert inspect.signature(prep.amos).parameters["mri_min_id"].default == 500
 
 
 def test_cli_runs_from_another_folder(tmp_path):

@@ -39,6 +39,7 @@ __all__ = [
     "load_datalist",
     "normalise_case",
     "resolve_datalist",
+    "select_labeled",
 ]
 
 #: case lists of a datalist, in the order they are reported.
@@ -577,15 +578,28 @@ def _check_shared_images(datalist: dict[str, list[dict]], problems: list[str]) -
                 )
 
 
+def select_labeled(case_ids: Sequence[str], labeled_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """
+    ``(kept, moved)``, each sorted: the ``max(1, round(labeled_fraction * n))`` case ids (rounded
+    half up) that keep their label, and the others.
+
+    The sorted ids are permuted with ``numpy.random.default_rng(seed)`` and the first ones are kept,
+    so the selection depends on the ids and the seed, not on their order, and for one seed a smaller
+    fraction keeps a subset of what a larger one keeps. ``load_datalist(labeled_fraction=...,
+    split_seed=seed)`` and ``scripts/prepare_datalist.py --labeled_fraction ... --seed seed`` both
+    use it, so preparing with a fraction keeps the same cases as loading with it.
+    """
+    ids = sorted(case_ids)
+    keep_count = min(len(ids), max(1, math.floor(float(labeled_fraction) * len(ids) + 0.5)))
+    order = np.random.default_rng(int(seed)).permutation(len(ids))
+    kept = {ids[i] for i in order[:keep_count]}
+    return sorted(kept), sorted(set(ids) - kept)
+
+
 def _apply_labeled_fraction(datalist: dict[str, list[dict]], fraction: float, split_seed: int) -> None:
     """Keep ``max(1, round(fraction * n))`` training cases labeled; move the others to ``unlabeled``."""
     training = datalist["training"]
-    count = len(training)
-    keep_count = min(count, max(1, math.floor(fraction * count + 0.5)))
-    # permute the sorted ids, so the selection depends on the cases and the seed, not the list order
-    ids = sorted(case["case"] for case in training)
-    order = np.random.default_rng(int(split_seed)).permutation(count)
-    kept = {ids[i] for i in order[:keep_count]}
+    kept = set(select_labeled([case["case"] for case in training], fraction, split_seed)[0])
     datalist["training"] = [case for case in training if case["case"] in kept]
     moved = [{k: v for k, v in case.items() if k != "label"} for case in training if case["case"] not in kept]
     datalist["unlabeled"] = datalist["unlabeled"] + moved

@@ -1,0 +1,36 @@
+"""
+The sub-commands of ``scripts/prepare_datalist.py`` (its command line), one module per dataset
+family on one shared base:
+
+- ``base``: what every sub-command shares: the common options, problem collection, the per-case
+  split and labeled selection, file and label checks, label remapping and datalist writing;
+- ``myops``: MyoPS 2020 (labeled and unlabeled case folders, MyoPS label codes remapped);
+- ``brats``: BRATS 2013/2015 and BraTS 2021-2023 (one folder per case, naming per layout);
+- ``msd``: Medical Segmentation Decathlon task folders (dataset.json, multi-channel images);
+- ``amos``: AMOS 2022 (unpaired CT and MRI scans, paired per split).
+
+The top-level ``scripts/`` folder is not a package: this one is imported with that folder on
+``sys.path`` (``prepare_datalist.py`` puts it there).
+"""
+
+from .amos import amos
+from .base import PreparationError, select_labeled, split_cases
+from .brats import brats2013, brats2021
+from .msd import msd
+from .myops import MYOPS_LABELS, MYOPS_PATHOLOGY_LABELS, myops
+
+__all__ = [
+    "PreparationError",
+    "MYOPS_LABELS",
+    "MYOPS_PATHOLOGY_LABELS",
+    "split_cases",
+    "select_labeled",
+    "myops",
+    "brats2013",
+    "brats2021",
+    "msd",
+    "amos",
+]
+
+#: the sub-commands of the command line, by name.
+COMMANDS = {"myops": myops, "brats2013": brats2013, "brats2021": brats2021, "msd": msd, "amos": amos}
