@@ -28,6 +28,8 @@ it, one module per dataset family (the top-level ``scripts/`` folder is not a pa
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -40,16 +42,50 @@ if _HERE not in sys.path:
 import datalist_preparation  # noqa: E402
 from datalist_preparation import *  # noqa: E402,F401,F403 - this tool's Python names are the package's
 
-__all__ = [*datalist_preparation.__all__, "main"]
+__all__ = [*datalist_preparation.__all__, "main", "unknown_options"]
 COMMANDS = datalist_preparation.COMMANDS
+
+
+def unknown_options(argv: Sequence[str]) -> list[str]:
+    """The ``--options`` of ``argv`` that its sub-command does not take, one problem line each.
+
+    fire runs a command with the arguments it can consume and complains about the others only
+    afterwards, so a mistyped ``--label_dir`` would write the datalist and labels to the default
+    places before the error. ``--noflag`` (fire's false) and what follows a bare ``--`` (fire's own
+    flags) are accepted."""
+    args = list(argv)
+    if not args or args[0] not in COMMANDS:
+        return []  # no or an unknown sub-command: fire says so without running anything
+    known = set(inspect.signature(COMMANDS[args[0]]).parameters)
+    problems = []
+    for arg in args[1:]:
+        if arg == "--":
+            break
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")
+        if name in known or name in ("help", "h") or (name.startswith("no") and name[2:] in known):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        problems.append(f"unknown option {arg.split('=', 1)[0]}" + (f" (did you mean --{close[0]}?)" if close else ""))
+    return problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     import fire
 
+    args = list(argv) if argv is not None else sys.argv[1:]
+    problems = unknown_options(args)
+    if problems:
+        known = ", ".join("--" + k for k in sorted(inspect.signature(COMMANDS[args[0]]).parameters))
+        print(
+            f"{datalist_preparation.PreparationError(problems, args[0])}\n  (options of {args[0]}: {known})",
+            file=sys.stderr,
+        )
+        return 2
     try:
         # the summary is printed by the command itself; do not echo the returned path
-        fire.Fire(COMMANDS, command=list(argv) if argv is not None else None, serialize=lambda result: None)
+        fire.Fire(COMMANDS, command=args, serialize=lambda result: None)
     except datalist_preparation.PreparationError as e:
         print(e, file=sys.stderr)
         return 2

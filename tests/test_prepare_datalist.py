@@ -444,3 +444,19 @@ def test_cli_boolean_flags_as_text(tmp_path):
                       "--num_testing", "0", "--keep_pathology", "true", "--overwrite", "true"]) == 0
     assert json.loads(out.read_text())["labels"]["scar"] == 5
     assert prep.main(["myops", "--data_dir", str(data), "--output", str(out), "--overwrite", "maybe"]) == 2
+
+
+def test_cli_mistyped_option_writes_nothing(tmp_path, capsys):
+    # fire would run the command with its defaults first and complain about the option afterwards
+    data = _make_myops(tmp_path / "myops", n_labeled=4, n_unlabeled=0)
+    out = tmp_path / "out" / "d.json"
+    argv = ["myops", str(data), "--output", str(out), "--lable_dir", str(tmp_path / "labels"), "--frob=1",
+            "--nooverwrite", "--num-validation", "1"]
+    assert prep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown option --lable_dir (did you mean --label_dir?)" in err
+    assert "unknown option --frob\n" in err and "(2 problems)" in err  # --nooverwrite and --num-validation are fine
+    assert "nothing written" in err and err.rstrip().endswith("--validation_fraction)")
+    assert not out.parent.exists() and not (tmp_path / "labels").exists() and not (data / "datalist.json").exists()
+    assert prep.main(argv[:4] + ["--nooverwrite", "--num-validation", "1", "--num_testing", "0"]) == 0
+    assert out.is_file()
