@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from collections.abc import Sequence
+
+import torch
 
 __all__ = ["check_multimodal_input", "check_network_levels"]
 
