@@ -1,17 +1,20 @@
 #!/usr/bin/env python
-"""Time the evaluation of the embedded test cases (`train.yaml` + `evaluate.yaml`): the one-pass
-`ModalityHeadsWrapper` of the bundle against the two-pass wrapper it replaced, side by side.
+"""Time the evaluation of the embedded test cases (`train.yaml` + `evaluate.yaml`) as the bundle does
+it now against the evaluation before the redesign, side by side.
 
-Both runs use the same `SupervisedEvaluator` (the same cases, sliding-window inferer, post-processing,
-Dice / HD95 / ASD metrics and report), alternately, after one warm-up of each; only the network
-differs:
+Both use a `SupervisedEvaluator` built from the same configs (the same cases, sliding-window inferer,
+post-processing, Dice / HD95 / ASD handlers and report) and run alternately, after one warm-up each.
+The evaluation before differs in two kept references:
 
-- one pass (the bundle's): the heads run once and the network's prediction is their average
-  (`average_heads`);
-- two passes (the wrapper before): `network(image)` for the prediction, then `forward_modalities(image)`
-  again for the heads.
+- its network wrapper ran the network twice: `network(image)` for the prediction, then
+  `forward_modalities(image)` again for the heads (`TwoPassHeads`); the bundle's runs the heads once
+  and averages them (`average_heads`);
+- its HD95 and ASD handlers measured on the MetaTensors the post-processing returns
+  (`metatensor_metrics`); the bundle's read the voxel size from the affine and then measure on plain
+  tensors, which spares MONAI's edge extraction the meta-data handling of each of its small steps.
 
-Both must give the same metrics (checked: the script exits with an error if they differ).
+Both must give the same metrics (checked: the script exits with an error if they differ). The
+network's share alone (the inferer over the cases, no metrics or report) is timed as well.
 
     python scripts/bench_evaluation.py --threads 1 --repeats 3
 """
@@ -28,9 +31,11 @@ from typing import Any
 
 import fire
 import torch
+from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import BUNDLE, CONFIGS, format_machine, machine_description, timed  # noqa: E402
+from scripts.engine.segmentation_metrics import segmentation_metrics, voxel_spacing  # noqa: E402
 
 
 class TwoPassHeads(torch.nn.Module):
@@ -47,14 +52,46 @@ class TwoPassHeads(torch.nn.Module):
         return torch.cat([prediction, *heads], dim=1)
 
 
-def build_evaluator(workdir: str, ckpt_dir: str, configs: list[str]) -> Any:
-    """The evaluator of ``train.yaml`` + ``configs`` + ``evaluate.yaml`` on the embedded test cases."""
+class _MetaTensorHausdorff(HausdorffDistanceMetric):
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return super()._compute_tensor(y_pred, y, spacing=voxel_spacing(y_pred), **kwargs)
+
+
+class _MetaTensorSurfaceDistance(SurfaceDistanceMetric):
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return super()._compute_tensor(y_pred, y, spacing=voxel_spacing(y_pred), **kwargs)
+
+
+def metatensor_metrics(heads: list[str]) -> dict[str, Any]:
+    """The evaluation's metric handlers before the redesign, kept here as the reference: the same
+    handlers as ``segmentation_metrics``, with HD95 and ASD measured on the MetaTensors themselves."""
+    metrics = segmentation_metrics(heads)
+    for name, handler in metrics.items():
+        if name.endswith("_hd95"):
+            handler.metric_fn = _MetaTensorHausdorff(include_background=False, percentile=95)
+        elif name.endswith("_asd"):
+            handler.metric_fn = _MetaTensorSurfaceDistance(include_background=False, symmetric=True)
+    return metrics
+
+
+def build_evaluator(workdir: str, ckpt_dir: str, configs: list[str], before: bool = False) -> Any:
+    """The evaluator of ``train.yaml`` + ``configs`` + ``evaluate.yaml`` on the embedded test cases;
+    ``before``: with the metric handlers of the evaluation before the redesign."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / name) for name in ["train.yaml", *configs, "evaluate.yaml"]])
-    overrides = {"bundle_root": str(BUNDLE), "output_dir": os.path.join(workdir, "eval"), "ckpt_dir": ckpt_dir,
-                 "num_overlays": 0}
+    overrides = {
+        "bundle_root": str(BUNDLE),
+        "output_dir": os.path.join(workdir, "eval"),
+        "ckpt_dir": ckpt_dir,
+        "num_overlays": 0,
+    }
+    if before:
+        overrides["validate#evaluator#additional_metrics"] = {
+            "_target_": "bench_evaluation.metatensor_metrics",  # this file, importable from its folder
+            "heads": "@eval_heads",
+        }
     for key, value in overrides.items():
         parser[key] = value
     parser.parse(True)
@@ -73,8 +110,10 @@ def _timed_inference(evaluator: Any, network: torch.nn.Module) -> float:
     """Seconds to run the evaluator's inferer with ``network`` over its cases (the network's share of
     an evaluation: no post-processing, metrics or report)."""
     network.eval()
-    images = [batch["image"].to(evaluator.state.device if evaluator.state.device else "cpu")
-              for batch in evaluator.data_loader]
+    images = [
+        batch["image"].to(evaluator.state.device if evaluator.state.device else "cpu")
+        for batch in evaluator.data_loader
+    ]
 
     def infer_all() -> None:
         with torch.no_grad():
@@ -85,7 +124,7 @@ def _timed_inference(evaluator: Any, network: torch.nn.Module) -> float:
 
 
 def main(repeats: int = 3, threads: int | None = 1, ckpt_dir: str | None = None, configs: tuple = ()) -> dict[str, Any]:
-    """Time both wrappers in alternation and print the ratio.
+    """Time both evaluations in alternation and print the ratios.
 
     Args:
         repeats: timed evaluations of each wrapper.
@@ -100,41 +139,58 @@ def main(repeats: int = 3, threads: int | None = 1, ckpt_dir: str | None = None,
         torch.set_num_threads(int(threads))
     logging.basicConfig(level=logging.WARNING, force=True)
     with tempfile.TemporaryDirectory() as workdir:
-        evaluator = build_evaluator(workdir, ckpt_dir or str(BUNDLE / "models"), list(configs))
-        one_pass = evaluator.network
+        ckpt = ckpt_dir or str(BUNDLE / "models")
+        now = build_evaluator(os.path.join(workdir, "now"), ckpt, list(configs))
+        before = build_evaluator(os.path.join(workdir, "before"), ckpt, list(configs), before=True)
+        one_pass = now.network
         if not isinstance(one_pass, ModalityHeadsWrapper) or not one_pass.has_heads:
             raise SystemExit("the evaluated network has no modality heads: nothing to compare.")
-        two_pass = TwoPassHeads(one_pass.network)
-        times: dict[str, list[float]] = {"one pass": [], "two passes": []}
-        inference: dict[str, list[float]] = {"one pass": [], "two passes": []}
+        before.network = TwoPassHeads(before.network.network)
+        runs = {"now": now, "before": before}
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        inference: dict[str, list[float]] = {name: [] for name in runs}
         metrics: dict[str, dict[str, float]] = {}
         for i in range(int(repeats) + 1):
-            for name, network in (("one pass", one_pass), ("two passes", two_pass)):
-                evaluator.network = network
+            for name, evaluator in runs.items():
                 seconds, metrics[name] = _timed_run(evaluator)
-                network_seconds = _timed_inference(evaluator, network)
+                network_seconds = _timed_inference(evaluator, evaluator.network)
                 if i:  # the first round warms up (caches, allocations)
                     times[name].append(seconds)
                     inference[name].append(network_seconds)
-        if metrics["one pass"].keys() != metrics["two passes"].keys() or any(
-            abs(metrics["one pass"][k] - metrics["two passes"][k]) > 1e-5 for k in metrics["one pass"]
+        if metrics["now"].keys() != metrics["before"].keys() or any(
+            abs(metrics["now"][k] - metrics["before"][k]) > 1e-5 for k in metrics["now"]
         ):
-            raise SystemExit(f"the two wrappers' metrics differ: {metrics}")
-        cases = len(evaluator.data_loader.dataset)
-    one, two = statistics.median(times["one pass"]), statistics.median(times["two passes"])
-    paired = statistics.median(a / b for a, b in zip(times["one pass"], times["two passes"], strict=True))
+            raise SystemExit(f"the two evaluations' metrics differ: {metrics}")
+        cases = len(now.data_loader.dataset)
+    ratio = statistics.median(times["now"]) / statistics.median(times["before"])
+    paired = statistics.median(a / b for a, b in zip(times["now"], times["before"], strict=True))
     print(format_machine(machine_description()))
-    print(f"[evaluation of the embedded test cases] {cases} cases, {repeats} alternating repeats, torch threads "
-          f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print(
+        f"[evaluation of the embedded test cases] {cases} cases, {repeats} alternating repeats, torch threads "
+        f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
     for name, values in times.items():
-        print(f"  {name:<10}: {statistics.median(values):7.2f} s  (runs: " + ", ".join(f"{v:.2f}" for v in values) + " s)")
-    print(f"  time one pass / two passes: {one / two:.3f} (medians), {paired:.3f} (median of adjacent pairs); "
-          f"same metrics ({len(metrics['one pass'])} compared)")
-    net_one, net_two = statistics.median(inference["one pass"]), statistics.median(inference["two passes"])
-    print("  of which the network (the inferer over the cases, no metrics or report): "
-          f"one pass {net_one:.2f} s, two passes {net_two:.2f} s, ratio {net_one / net_two:.3f}")
-    return {"cases": cases, "seconds": times, "ratio": one / two, "paired_ratio": paired,
-            "network_seconds": inference, "network_ratio": net_one / net_two, "metrics": metrics["one pass"]}
+        print(
+            f"  {name:<7}: {statistics.median(values):7.2f} s  (runs: " + ", ".join(f"{v:.2f}" for v in values) + " s)"
+        )
+    print(
+        f"  time now / before: {ratio:.3f} (medians), {paired:.3f} (median of adjacent pairs); "
+        f"same metrics ({len(metrics['now'])} compared)"
+    )
+    net_now, net_before = statistics.median(inference["now"]), statistics.median(inference["before"])
+    print(
+        "  of which the network (the inferer over the cases, no metrics or report): "
+        f"now {net_now:.2f} s (one pass), before {net_before:.2f} s (two passes), ratio {net_now / net_before:.3f}"
+    )
+    return {
+        "cases": cases,
+        "seconds": times,
+        "ratio": ratio,
+        "paired_ratio": paired,
+        "network_seconds": inference,
+        "network_ratio": net_now / net_before,
+        "metrics": metrics["now"],
+    }
 
 
 if __name__ == "__main__":

@@ -115,3 +115,27 @@ def test_evaluation_benchmark_compares_like_with_like():
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(ModalityHeadsWrapper(net)(x), evaluation.TwoPassHeads(net)(x))
+    # and its metric reference measures what the bundle's handlers measure, in mm, on MetaTensors
+    from monai.data import MetaTensor
+
+    from scripts.engine.segmentation_metrics import segmentation_metrics
+
+    pred, label = torch.zeros(1, 2, 12, 10), torch.zeros(1, 2, 12, 10)
+    pred[0, 1, 2:7, 3:8], label[0, 1, 3:9, 2:8] = 1, 1
+    pred[0, 0], label[0, 0] = 1 - pred[0, 1], 1 - label[0, 1]
+    affine = torch.diag(torch.tensor([2.0, 0.5, 1.0]))  # 2 mm x 0.5 mm pixels
+    values = {}
+    handlers = {"bundle": segmentation_metrics(["fused"]), "reference": evaluation.metatensor_metrics(["fused"])}
+    for name, metrics in handlers.items():
+        for key in ("fused_hd95", "fused_asd"):
+            fn = metrics[key].metric_fn
+            fn(MetaTensor(pred.clone(), affine=affine), MetaTensor(label.clone(), affine=affine))
+            values[name, key] = float(fn.aggregate())
+    assert values["bundle", "fused_hd95"] == pytest.approx(values["reference", "fused_hd95"])
+    assert values["bundle", "fused_asd"] == pytest.approx(values["reference", "fused_asd"])
+    # in mm (MONAI's function given the spacing), not in voxels
+    from monai.metrics import compute_hausdorff_distance
+
+    in_mm = float(compute_hausdorff_distance(pred, label, percentile=95, spacing=[2.0, 0.5]))
+    in_voxels = float(compute_hausdorff_distance(pred, label, percentile=95))
+    assert values["bundle", "fused_hd95"] == pytest.approx(in_mm) and abs(in_mm - in_voxels) > 0.5

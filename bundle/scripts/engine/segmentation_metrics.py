@@ -41,6 +41,12 @@ def voxel_spacing(image: Any) -> list[float] | None:
     return [float(v) for v in affine_to_spacing(a, r=d, suppress_zeros=False)]
 
 
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    # the metrics need only the voxels once the spacing is read: on a MetaTensor, every one of the
+    # many small operations of MONAI's edge extraction also carries and checks the meta data
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
 class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
     """
     ``HausdorffDistanceMetric`` in millimetres: every case's distances use the voxel size read from
@@ -51,7 +57,7 @@ class PhysicalHausdorffDistanceMetric(HausdorffDistanceMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         kwargs.setdefault("spacing", voxel_spacing(y_pred))
-        return super()._compute_tensor(y_pred, y, **kwargs)
+        return super()._compute_tensor(_plain(y_pred), _plain(y), **kwargs)
 
 
 class PhysicalSurfaceDistanceMetric(SurfaceDistanceMetric):
@@ -59,7 +65,7 @@ class PhysicalSurfaceDistanceMetric(SurfaceDistanceMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         kwargs.setdefault("spacing", voxel_spacing(y_pred))
-        return super()._compute_tensor(y_pred, y, **kwargs)
+        return super()._compute_tensor(_plain(y_pred), _plain(y), **kwargs)
 
 
 def segmentation_metrics(
