@@ -460,3 +460,12 @@ def test_cli_mistyped_option_writes_nothing(tmp_path, capsys):
     assert not out.parent.exists() and not (tmp_path / "labels").exists() and not (data / "datalist.json").exists()
     assert prep.main(argv[:4] + ["--nooverwrite", "--num-validation", "1", "--num_testing", "0"]) == 0
     assert out.is_file()
+
+
+def test_cli_number_like_paths_stay_paths(tmp_path, monkeypatch):
+    # fire reads `2024` as the number 2024; the tool must still take it as the folder 2024
+    _make_myops(tmp_path / "2024", n_labeled=4, n_unlabeled=0)
+    monkeypatch.chdir(tmp_path)
+    assert prep.main(["myops", "2024", "--output", "123", "--num_validation", "1", "--num_testing", "0"]) == 0
+    datalist = json.loads((tmp_path / "123").read_text())
+    assert len(datalist["training"]) == 3 and datalist["validation"][0]["c0"].startswith("2024/")

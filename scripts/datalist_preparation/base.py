@@ -117,11 +117,14 @@ def sub_command(body: Callable[..., str]) -> Callable[..., str]:
     trailing = [_parameter(f) for f in fields if f.name not in _LEADING_OPTIONS]
     signature = inspect.Signature(leading + own + trailing, return_annotation=declared.return_annotation)
     flags = {name for name, p in signature.parameters.items() if p.annotation in ("bool", bool)}
+    # fire turns a number-like value into a number: a folder named 2024 must stay a path
+    paths = {name for name, p in signature.parameters.items() if p.annotation in ("str", "str | None", str)}
 
     def run_command(*args: Any, **kwargs: Any) -> str:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         values = {k: _to_bool(v, k, command) if k in flags else v for k, v in bound.arguments.items()}
+        values.update({k: str(v) for k, v in values.items() if k in paths and isinstance(v, int) and v is not True})
         options = Options(**{f.name: values.pop(f.name) for f in fields})
         return body(Preparation(command, options), **values)
 
