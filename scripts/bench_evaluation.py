@@ -9,9 +9,11 @@ The evaluation before differs in two kept references:
 - its network wrapper ran the network twice: `network(image)` for the prediction, then
   `forward_modalities(image)` again for the heads (`TwoPassHeads`); the bundle's runs the heads once
   and averages them (`average_heads`);
-- its HD95 and ASD handlers measured on the MetaTensors the post-processing returns
-  (`metatensor_metrics`); the bundle's read the voxel size from the affine and then measure on plain
-  tensors, which spares MONAI's edge extraction the meta-data handling of each of its small steps.
+- its HD95 and ASD handlers were MONAI's metrics on the MetaTensors the post-processing returns
+  (`metatensor_metrics`), each extracting the boundaries and their distances; the bundle's share one
+  `BoundaryDistances` per head (one extraction for both) and measure on plain tensors once the voxel
+  size is read from the affine, which spares MONAI's edge extraction the meta-data handling of each
+  of its small steps.
 
 Both must give the same metrics (checked: the script exits with an error if they differ). The
 network's share alone (the inferer over the cases, no metrics or report) is timed as well.

@@ -387,3 +387,75 @@ def test_inference_cases_sources(tmp_path):
     assert cases == [{"case": "a", "image": str(tmp_path / "a.nii.gz"), "input_files": [str(tmp_path / "a.nii.gz")]}]
     with pytest.raises(FileExistsError, match="refusing"):
         inference_cases(MODALITIES, dataset_dir=str(tmp_path), output_dir=str(tmp_path), output_postfix="", )
+
+
+# ---------------------------------------------------------------- boundary distances
+
+
+def _one_hot_masks(seed: int, shape=(2, 3, 14, 11)) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    pred = (torch.rand(shape, generator=g) > 0.6).float()
+    label = (torch.rand(shape, generator=g) > 0.6).float()
+    pred[0, 1], label[1, 2] = 0, 0  # an empty prediction and an empty label
+    pred[1, 1], label[1, 1] = 0, 0  # both empty
+    return pred, label
+
+
+@pytest.mark.parametrize("percentile", [95.0, None])
+def test_boundary_distances_equal_monai_hausdorff_and_surface_distance(percentile):
+    from monai.data import MetaTensor
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    from scripts.engine.segmentation_metrics import BoundaryDistances
+
+    spacing = [2.0, 0.7]
+    for seed in range(3):
+        pred, label = _one_hot_masks(seed)
+        affine = torch.diag(torch.tensor([*spacing, 1.0]))
+        with pytest.warns(UserWarning):  # MONAI warns about the empty masks
+            hd, asd = BoundaryDistances(include_background=False, percentile=percentile)(
+                MetaTensor(pred, affine=affine), label
+            )
+        with pytest.warns(UserWarning):
+            hd_monai = compute_hausdorff_distance(pred, label, percentile=percentile, spacing=spacing)
+            asd_monai = compute_average_surface_distance(pred, label, symmetric=True, spacing=spacing)
+        torch.testing.assert_close(hd, hd_monai, equal_nan=True)
+        torch.testing.assert_close(asd, asd_monai, equal_nan=True)
+        # the empty-mask cases are exercised: empty prediction, both empty, empty label
+        assert torch.isinf(asd[0, 0]) and torch.isnan(asd[1, 0]) and torch.isinf(asd[1, 1])
+        assert torch.isfinite(hd[0, 1]) and hd[0, 1] > 0
+    # one direction far, the other zero: the label has a second blob the prediction misses
+    pred, label = torch.zeros(1, 2, 20, 20), torch.zeros(1, 2, 20, 20)
+    pred[0, 1, 2:6, 2:6] = label[0, 1, 2:6, 2:6] = 1
+    label[0, 1, 14:18, 14:18] = 1
+    hd, asd = BoundaryDistances(percentile=percentile)(MetaTensor(pred, affine=torch.eye(3)), label)
+    torch.testing.assert_close(hd, compute_hausdorff_distance(pred, label, percentile=percentile))
+    torch.testing.assert_close(asd, compute_average_surface_distance(pred, label, symmetric=True))
+    assert hd.item() > 8.0  # the missed blob's boundary, from the label to the prediction
+
+
+def test_boundary_distances_are_computed_once_for_both_metrics(monkeypatch):
+    from monai.data import MetaTensor
+
+    import scripts.engine.segmentation_metrics as sm
+
+    calls = []
+    real = sm.get_edge_surface_distance
+    monkeypatch.setattr(sm, "get_edge_surface_distance", lambda *a, **k: calls.append(1) or real(*a, **k))
+    metrics = sm.segmentation_metrics(["fused"])
+    hd, asd = metrics["fused_hd95"].metric_fn, metrics["fused_asd"].metric_fn
+    pred, label = torch.zeros(1, 3, 12, 12), torch.zeros(1, 3, 12, 12)
+    pred[0, 1, 3:6, 3:6], label[0, 1, 4:7, 3:6], pred[0, 2, 8:11, 2:5], label[0, 2, 8:10, 2:5] = 1, 1, 1, 1
+    wide = MetaTensor(pred, affine=torch.diag(torch.tensor([3.0, 1.0, 1.0])))
+    # as the handlers call them: lists of (C, *spatial) cases, the ASD handler first (order does not matter)
+    asd([wide[0].clone()], [label[0].clone()])
+    hd([wide[0].clone()], [label[0].clone()])
+    assert len(calls) == 2  # two foreground classes, once each
+    # the same masks on another grid, or other masks: computed again, and in mm of their own grid
+    hd([MetaTensor(pred[0], affine=torch.eye(3))], [label[0]])
+    asd([MetaTensor(pred[0], affine=torch.eye(3))], [label[0]])
+    assert len(calls) == 4
+    values = hd.get_buffer()[:, 0]  # class 1: 1 voxel apart along axis 0
+    assert values.tolist() == pytest.approx([3.0, 1.0])
+    with pytest.raises(ValueError, match="percentile"):
+        sm.PhysicalHausdorffDistanceMetric(False, percentile=50, distances=sm.BoundaryDistances(False, 95))
