@@ -20,13 +20,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from monai.utils import str2bool
 
 _BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bundle")
 if _BUNDLE not in sys.path:
     sys.path.insert(0, _BUNDLE)  # the bundle's components, importable as `scripts`
 from scripts.data.datalist import select_labeled  # noqa: E402
 from scripts.engine.atomic_checkpoint import atomic_write_bytes  # noqa: E402
+from scripts.errors import FlagError, as_bool  # noqa: E402
 
 __all__ = [
     "KEPT_CODES",
@@ -137,13 +137,11 @@ def sub_command(body: Callable[..., str]) -> Callable[..., str]:
 
 def _to_bool(value: Any, name: str, command: str) -> bool:
     """A flag given as a bool, or on the command line as true/false/yes/no/1/0 (fire keeps those as
-    text), parsed by MONAI's ``str2bool``."""
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
+    text), parsed by the bundle's one boolean parser (``scripts.errors.as_bool``)."""
     try:
-        return str2bool(value if isinstance(value, bool) else str(value).strip())
-    except ValueError:
-        raise PreparationError([f"--{name} must be true or false, got {value!r}"], command) from None
+        return as_bool(value, name)
+    except FlagError as e:
+        raise PreparationError([str(e).rstrip(".")], command) from None
 
 
 def _check_common(labeled_fraction: Any, seed: Any, problems: list[str]) -> None:
