@@ -14,6 +14,7 @@ from monai.data.utils import affine_to_spacing
 from monai.handlers import IgniteMetricHandler, MeanDice, from_engine
 from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
 from monai.metrics.utils import get_edge_surface_distance
+from monai.utils import convert_to_tensor
 
 from .head_outputs import head_keys, metric_name
 
@@ -42,12 +43,6 @@ def voxel_spacing(image: Any) -> list[float] | None:
     if a.shape[0] != d + 1:
         return None
     return [float(v) for v in affine_to_spacing(a, r=d, suppress_zeros=False)]
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    # the metrics need only the voxels once the spacing is read: on a MetaTensor, every one of the
-    # many small operations of MONAI's edge extraction also carries and checks the meta data
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 class BoundaryDistances:
@@ -80,15 +75,16 @@ class BoundaryDistances:
         self.include_background = bool(include_background)
         self.percentile = percentile
         self.memory = int(memory)
-        self._recent: list[tuple[torch.Tensor, torch.Tensor, list[float] | None, tuple[torch.Tensor, torch.Tensor]]] = (
-            []
-        )
+        # (prediction, label, spacing, result) of the latest computations, newest first
+        self._recent: list[tuple] = []
 
     def __call__(self, y_pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(hausdorff, average_surface)`` of one-hot ``(B, C, *spatial)`` binary ``y_pred`` and ``y``;
         the voxel size comes from ``y_pred``'s affine (voxels when it has none)."""
         spacing = voxel_spacing(y_pred)
-        y_pred, y = _plain(y_pred), _plain(y)
+        # plain tensors once the spacing is read: on a MetaTensor, every one of the many small operations
+        # of MONAI's edge extraction also carries and checks the meta data
+        y_pred, y = convert_to_tensor(y_pred, track_meta=False), convert_to_tensor(y, track_meta=False)
         for pred, label, sp, result in self._recent:
             if sp == spacing and pred.shape == y_pred.shape and torch.equal(pred, y_pred) and torch.equal(label, y):
                 return result
