@@ -23,7 +23,7 @@ from monai.data.utils import affine_to_spacing
 from monai.transforms import InvertibleTransform, MapTransform, Orientation
 from nibabel.orientations import aff2axcodes
 
-__all__ = ["SliceAxisLastd", "through_plane_axis"]
+__all__ = ["SliceAxisLastd", "thin_axis", "through_plane_axis"]
 
 
 def through_plane_axis(affine: np.ndarray | torch.Tensor, min_ratio: float = 1.5) -> int | None:
@@ -44,6 +44,23 @@ def through_plane_axis(affine: np.ndarray | torch.Tensor, min_ratio: float = 1.5
     return int(order[-1])
 
 
+def thin_axis(shape: tuple[int, ...] | torch.Size, max_ratio: float = 0.5) -> int | None:
+    """
+    The spatial axis with the fewest voxels when it has at most ``max_ratio`` times as many as the
+    smallest of the other axes (a stack of slices whose header gives no coarser slice spacing, e.g.
+    a nominal 1 mm), else ``None``.
+
+    Args:
+        shape: the spatial shape.
+        max_ratio: how much shorter than the other axes the slice axis must be.
+    """
+    sizes = [int(s) for s in shape]
+    if len(sizes) < 3:
+        return None
+    order = np.argsort(sizes, kind="stable")
+    return int(order[0]) if sizes[order[0]] <= max_ratio * sizes[order[1]] else None
+
+
 class SliceAxisLastd(MapTransform, InvertibleTransform):
     """
     Makes the through-plane (coarsest) axis of every ``keys`` image the last spatial axis.
@@ -56,21 +73,32 @@ class SliceAxisLastd(MapTransform, InvertibleTransform):
     Args:
         keys: keys of channel-first 3-D images (``(C, H, W, D)``), e.g. ``["image", "label"]``.
         min_ratio: how much coarser than the in-plane spacing the slice spacing must be.
+        thin_ratio: for grids with no coarser axis (isotropic headers), the axis with the fewest voxels
+            is the slice axis when it has at most this fraction of the voxels of the others
+            (:func:`thin_axis`); ``None``: such grids are left alone.
         allow_missing_keys: don't raise for a missing key (unlabeled cases).
     """
 
-    def __init__(self, keys: KeysCollection, min_ratio: float = 1.5, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, min_ratio: float = 1.5, thin_ratio: float | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if min_ratio < 1.0:
             raise ValueError(f"min_ratio must be >= 1, got {min_ratio}.")
+        if thin_ratio is not None and not 0.0 < thin_ratio < 1.0:
+            raise ValueError(f"thin_ratio must be in (0, 1) or None, got {thin_ratio}.")
         self.min_ratio = float(min_ratio)
+        self.thin_ratio = thin_ratio
         # one instance, so that its inverse recognises the operations it recorded
         self._orientation = Orientation(axcodes="RAS")
 
-    def target_axcodes(self, affine: Any) -> str | None:
+    def target_axcodes(self, affine: Any, shape: tuple[int, ...] | None = None) -> str | None:
         """Orientation codes that move the slice axis last, or ``None`` when nothing has to move."""
         a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
         axis = through_plane_axis(a, self.min_ratio)
+        if axis is None and self.thin_ratio is not None and shape is not None:
+            axis = thin_axis(shape, self.thin_ratio)
         if axis is None or axis == a.shape[0] - 2:
             return None
         codes = list(aff2axcodes(a))
@@ -90,7 +118,7 @@ class SliceAxisLastd(MapTransform, InvertibleTransform):
                     f"of shape {tuple(getattr(img, 'shape', ()))}."
                 )
             if first:
-                codes = self.target_axcodes(img.affine)
+                codes = self.target_axcodes(img.affine, tuple(img.shape[1:]))
                 first = False
             if codes is not None:
                 self._orientation.axcodes = codes

@@ -1,0 +1,140 @@
+"""The fingerprint of a dataset: what the planning rules (``rules.py``) decide from.
+
+Intensity and class statistics of the labeled cases come from MONAI Auto3DSeg's ``DataAnalyzer``
+(per case: each modality's intensity percentiles over the image and over the foreground, and each
+label's voxel share). Two things it does not record are read here from the files themselves:
+
+- the geometry of every training-pool case, labeled or not, from the NIfTI header alone (shape,
+  voxel size, RAS order, stored data type);
+- where the foreground lies: per labeled case and stored axis, the largest distance (mm) of a
+  foreground voxel from the image centre, and the share of slices along each axis that hold any
+  foreground.
+
+The fingerprint is a plain JSON-able dict (so that tests can write one by hand):
+
+    {"modalities": [...], "num_classes": int,
+     "cases": [{"case", "labeled", "shape", "spacing", "ras_shape", "ras_spacing",
+                "fg_halfwidth_mm": [per stored axis] | None, "fg_slice_share": [per stored axis] | None,
+                "class_share": {"1": share of the image's voxels, ...} | None}],
+     "intensity": {modality: {"dtype": "uint8", "p00_5", "p99_5", "mean", "std" (all voxels, medians
+                   over cases), "fg_p00_5", "fg_p99_5", "fg_mean", "fg_std" (foreground voxels, pooled)}}}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["dataset_fingerprint", "case_geometry", "label_geometry"]
+
+
+def case_geometry(path: str) -> dict[str, Any]:
+    """Shape, voxel size (stored and RAS axis order) and data type of an image, from its header."""
+    img = nib.load(path)
+    shape = [int(s) for s in img.shape[:3]]
+    spacing = [float(s) for s in np.sqrt((img.affine[:3, :3] ** 2).sum(0))]
+    # io_orientation's row i gives the RAS axis of stored axis i; inverted, the stored axes in RAS order
+    order = [int(a) for a in nib.io_orientation(img.affine)[:, 0]]
+    ras_axes = [order.index(r) for r in range(3)] if sorted(order) == [0, 1, 2] else [0, 1, 2]
+    return {
+        "shape": shape,
+        "spacing": [round(s, 6) for s in spacing],
+        "ras_shape": [shape[a] for a in ras_axes],
+        "ras_spacing": [round(spacing[a], 6) for a in ras_axes],
+        "dtype": str(img.get_data_dtype()),
+    }
+
+
+def label_geometry(path: str, spacing: Sequence[float]) -> dict[str, Any]:
+    """Where the foreground of a label map lies (see the module docstring) and each class's voxel share."""
+    label = np.asarray(nib.load(path).dataobj)
+    label = label.reshape(label.shape[:3])
+    fg = label > 0
+    classes, counts = np.unique(label, return_counts=True)
+    share = {str(int(c)): float(n) / label.size for c, n in zip(classes, counts) if c > 0}
+    if not fg.any():
+        return {"fg_halfwidth_mm": None, "fg_slice_share": None, "class_share": share}
+    halfwidth, slice_share = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(fg.any(axis=other))
+        centre = (label.shape[axis] - 1) / 2.0
+        halfwidth.append(float(max(abs(present[0] - centre), abs(present[-1] - centre)) + 0.5) * float(spacing[axis]))
+        slice_share.append(float(len(present)) / label.shape[axis])
+    return {"fg_halfwidth_mm": [round(h, 3) for h in halfwidth], "fg_slice_share": [round(s, 4) for s in slice_share],
+            "class_share": share}
+
+
+def _analyze_intensities(cases: list[dict], modalities: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per modality: medians over cases of the image percentiles, and foreground statistics, from
+    MONAI's DataAnalyzer on the labeled cases whose every modality is given."""
+    from monai.apps.auto3dseg import DataAnalyzer
+
+    usable = [{"image": list(c["image"]), "label": c["label"], "fold": 0} for c in cases
+              if isinstance(c.get("image"), list) and c.get("label") and all(c["image"])]
+    if not usable:
+        raise ValueError("the datalist has no labeled case with a file for every modality to take intensities from.")
+    with tempfile.TemporaryDirectory() as tmp:
+        analyzer = DataAnalyzer({"training": usable}, dataroot="", output_path=os.path.join(tmp, "stats.yaml"),
+                                device="cpu", worker=0, fmt="yaml")
+        stats = analyzer.get_all_case_stats()["stats_by_cases"]
+    out: dict[str, dict[str, float]] = {}
+    for m, name in enumerate(modalities):
+        image = [s["image_stats"]["intensity"][m] for s in stats]
+        fg = [s["image_foreground_stats"]["intensity"][m] for s in stats]
+        entry = {key: float(np.median([i[key] for i in image])) for key in ("percentile_00_5", "percentile_99_5", "mean", "stdev")}
+        # foreground: the pooled mean and spread, and the extreme-most case percentiles' medians
+        fg_mean = float(np.mean([f["mean"] for f in fg]))
+        fg_var = float(np.mean([f["stdev"] ** 2 + (f["mean"] - fg_mean) ** 2 for f in fg]))
+        out[name] = {
+            "p00_5": entry["percentile_00_5"], "p99_5": entry["percentile_99_5"], "mean": entry["mean"], "std": entry["stdev"],
+            "fg_p00_5": float(np.median([f["percentile_00_5"] for f in fg])),
+            "fg_p99_5": float(np.median([f["percentile_99_5"] for f in fg])),
+            "fg_mean": fg_mean, "fg_std": float(np.sqrt(fg_var)),
+        }
+    return out
+
+
+def dataset_fingerprint(datalist_file: str, modalities: Sequence[str] | None = None) -> dict[str, Any]:
+    """The fingerprint of the training pool (``training`` and ``unlabeled``) of a bundle datalist."""
+    import json
+    import sys
+    from pathlib import Path
+
+    bundle = Path(__file__).resolve().parents[2] / "bundle"
+    if str(bundle) not in sys.path:
+        sys.path.insert(0, str(bundle))
+    from scripts.data.datalist import load_datalist
+
+    with open(datalist_file) as f:
+        declared = json.load(f).get("modalities")
+    names = list(modalities or declared or [])
+    datalist = load_datalist(datalist_file, modalities=names or None)
+    if not names:
+        raise ValueError(f"{datalist_file}: give the modalities (a top-level 'modalities' list, or --modalities).")
+    pool = [dict(c, labeled=True) for c in datalist["training"] if c.get("label")]
+    pool += [dict(c, labeled=False) for c in datalist["training"] if not c.get("label")]
+    pool += [dict(c, labeled=False) for c in datalist.get("unlabeled", [])]
+    cases, dtypes = [], {m: set() for m in names}
+    num_classes = 1
+    for c in pool:
+        files = c["image"] if isinstance(c["image"], list) else [c["image"]]
+        first = next(p for p in files if p)
+        entry = {"case": c["case"], "labeled": c["labeled"], **case_geometry(first)}
+        for m, path in zip(names, files):
+            if path:
+                dtypes[m].add(case_geometry(path)["dtype"] if path != first else entry["dtype"])
+        entry.pop("dtype")
+        if c["labeled"]:
+            entry.update(label_geometry(c["label"], entry["spacing"]))
+            num_classes = max([num_classes] + [int(k) + 1 for k in entry["class_share"]])
+        cases.append(entry)
+    intensity = _analyze_intensities([c for c in pool if c["labeled"]], names)
+    for m in names:
+        intensity[m]["dtype"] = "/".join(sorted(dtypes[m]))
+    return {"modalities": names, "num_classes": num_classes, "cases": cases, "intensity": intensity}
