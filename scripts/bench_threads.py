@@ -11,7 +11,7 @@ or `threads x jobs` (that many trainings at once, e.g. `1x2`: two one-thread tra
 iteration of the pair, i.e. per iteration of either divided by the number of jobs).
 
 Example (the figures in bundle/docs/README.md, Throughput):
-    python scripts/bench_threads.py --datalist /tmp/myops/datalist.json --configs "['cardiac','unet','weak_strong']" \
+    python scripts/bench_threads.py --datalist /tmp/myops/datalist.json --configs "['planned','cardiac','unet','weak_strong']" \
         --settings "['2','1','1x2']" --iterations 30 --repeats 2
 """
 
@@ -66,7 +66,7 @@ def _seconds(proc: subprocess.Popen) -> float:
     return (stamps[last] - stamps[first]) * (last / (last - first))
 
 
-def main(datalist: str, configs: Sequence[str] = ("cardiac",), settings: Sequence[str] = ("2", "1", "1x2"),
+def main(datalist: str, configs: Sequence[str] = ("planned", "cardiac"), settings: Sequence[str] = ("2", "1", "1x2"),
          iterations: int = 30, repeats: int = 2, **overrides) -> dict:
     """Seconds per iteration of each thread setting; prints a table and returns the figures."""
     parsed = [_parse_setting(s) for s in settings]

@@ -31,7 +31,7 @@ While it runs, a line is printed per started and finished run, with the path of 
 Example (the MyoPS tables of bundle/docs/README.md):
     python scripts/prepare_datalist.py myops ../shared/data/myops --output /tmp/myops/datalist.json \
         --label_dir /tmp/myops/labels --num_validation 4 --num_testing 10 --seed 0 --absolute_paths true
-    python scripts/benchmark.py --datalist /tmp/myops/datalist.json --base_configs "['cardiac']" \
+    python scripts/benchmark.py --datalist /tmp/myops/datalist.json --base_configs "['planned','cardiac']" \
         --methods "['unet+supervised','unet+weak_strong']" --fractions "[0.1,0.2]" \
         --runs "['unet+supervised@1.0']" --seeds "[0,1,2]" --baseline unet+supervised \
         --jobs 2 --num_threads 1 --output /tmp/myops/bench/myops.md
@@ -66,13 +66,23 @@ _TRAINING_ONLY = {"epochs", "iterations_per_epoch", "val_interval", "log_interva
 
 
 def _config_stack(names: Sequence[str]) -> list[str]:
+    """train.yaml then each of ``names``: a config of the bundle by name (``cardiac``, ``unet``), or the
+    path of a config file anywhere (e.g. a plan written by scripts/plan.py)."""
     files = [str(CONFIGS / "train.yaml")]
     for name in names:
         path = CONFIGS / (name if name.endswith((".yaml", ".json")) else f"{name}.yaml")
+        if not path.is_file() and str(name).endswith((".yaml", ".json")) and Path(name).is_file():
+            path = Path(name).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"no config '{name}' in {CONFIGS} (looked for {path})")
+            raise FileNotFoundError(f"no config '{name}' in {CONFIGS} (looked for {path}) nor at that path")
         files.append(str(path))
     return files
+
+
+def _is_plan_path(name: str) -> bool:
+    """Whether a base config is a file outside the bundle (a written plan) rather than a bundle config."""
+    name = str(name)
+    return not (CONFIGS / (name if name.endswith((".yaml", ".json")) else f"{name}.yaml")).is_file() and Path(name).is_file()
 
 
 def _as_list(value) -> list:
@@ -123,8 +133,12 @@ def commands(
     method: str, fraction: float, datalist: str, base_configs: Sequence[str], run_dir: Path, seed: int,
     overrides: dict, split_seed: int | None = None, test_datalist: str | None = None,
 ) -> tuple[list[str], list[str]]:
-    """The training and evaluation commands of one run (``split_seed`` None: the same as ``seed``)."""
-    stack = _config_stack([*base_configs, *method.split("+")])
+    """The training and evaluation commands of one run (``split_seed`` None: the same as ``seed``).
+    A base config given as a file path (a plan of scripts/plan.py) is layered after the method's
+    override, as a plan must be, so that its ids win."""
+    bundle_configs = [b for b in base_configs if not _is_plan_path(b)]
+    plans = [b for b in base_configs if _is_plan_path(b)]
+    stack = _config_stack([*bundle_configs, *method.split("+"), *plans])
     split = seed if split_seed is None else split_seed
     common = {"labeled_fraction": fraction, "seed": seed, "split_seed": split, "ckpt_dir": str(run_dir)}
     train = bundle_run_command(stack, datalist_file=str(datalist), **common, output_dir=str(run_dir), **overrides)
@@ -394,7 +408,8 @@ def run_benchmark(
         methods, fractions: every method (a config name; `a+b` layers overrides) at every labeled
             fraction of the `training` list.
         runs: further runs written `"method@fraction"`, e.g. `"['supervised@1.0']"`.
-        base_configs: overrides layered on train.yaml before the method's, e.g. `"['cardiac']"`.
+        base_configs: overrides layered on train.yaml before the method's, e.g. `"['planned','cardiac']"`; the path
+            of a plan written by scripts/plan.py (`"['planned','/data/x/plan.yaml']"`) is layered after it.
         seeds: the seeds; every run is trained once per seed.
         split_seed: null: each seed also draws the labeled subset; a number: one labeled subset for all.
         baseline: the method the others are compared with (paired, same seed), and whose 100% run is

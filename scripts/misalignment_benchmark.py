@@ -23,8 +23,8 @@ Example (methods as a list of dicts: name, configs, checkpoint, optional per-met
 config names without a folder are looked up in bundle/configs; evaluate.yaml is added last;
 every other `--id value` is a config override passed to every evaluation):
     python scripts/misalignment_benchmark.py \
-        --methods "[{'name': 'cmc', 'configs': ['train.yaml', 'cardiac.yaml'], 'checkpoint': 'runs/cmc/model.pt'},
-                    {'name': 'semicml', 'configs': ['train.yaml', 'cardiac.yaml', 'semicml.yaml'],
+        --methods "[{'name': 'cmc', 'configs': ['train.yaml', 'planned.yaml', 'cardiac.yaml'], 'checkpoint': 'runs/cmc/model.pt'},
+                    {'name': 'semicml', 'configs': ['train.yaml', 'planned.yaml', 'cardiac.yaml', 'semicml.yaml'],
                      'checkpoint': 'runs/semicml/model.pt'}]" \
         --output_dir runs/misalignment --shifts "[0,2,5,10]" --rotations "[0,5,10]" \
         --datalist_file /data/myops/datalist.json --eval_split testing
@@ -54,7 +54,7 @@ TABLE_NAME = "misalignment_benchmark.md"
 RESULTS_NAME = "misalignment_benchmark.json"
 PLOT_NAME = "misalignment_benchmark.png"
 # transforms after which the misalignment is inserted (the last one found); else it goes last
-_NORMALISATION = ("NormalizeIntensity", "ScaleIntensity", "ClipIntensityPercentiles", "HistogramNormalize")
+_NORMALISATION = ("NormalizeIntensity", "ScaleIntensity", "ClipIntensityPercentiles", "HistogramNormalize", "ModalityIntensity")
 
 
 def find_config(name: str | os.PathLike) -> Path:

@@ -117,7 +117,7 @@ def _write_case(folder: Path, name: str, with_label: bool, foreground_slice: int
 
 def _cardiac_parser(**overrides) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "cardiac.yaml")])
+    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "planned.yaml"), str(CONFIGS / "cardiac.yaml")])
     for key, value in overrides.items():
         parser[key] = value
     return parser
@@ -182,12 +182,12 @@ def test_cardiac_train_and_evaluate_on_myops(tmp_path):
     content["unlabeled"] = content["unlabeled"][:2]
     datalist.write_text(json.dumps(content))
     common = ["--datalist_file", str(datalist), "--ckpt_dir", str(tmp_path / "models")]
-    run_bundle(["run", "--config_file", config_files("train.yaml", "cardiac.yaml"), *common,
+    run_bundle(["run", "--config_file", config_files("train.yaml", "planned.yaml", "cardiac.yaml"), *common,
                 "--epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "1",
                 "--output_dir", str(tmp_path / "out")])
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(metrics["metrics"]["val_class_dice"]) == {"lv_myocardium", "lv_blood_pool", "rv_blood_pool"}
-    run_bundle(["run", "--config_file", config_files("train.yaml", "cardiac.yaml", "evaluate.yaml"), *common,
+    run_bundle(["run", "--config_file", config_files("train.yaml", "planned.yaml", "cardiac.yaml", "evaluate.yaml"), *common,
                 "--output_dir", str(tmp_path / "eval")])
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["num_cases"] == 2 and report["distance_unit"] == "mm"
@@ -204,7 +204,7 @@ def _describe(transforms) -> list[tuple]:
     out = []
     for t in transforms:
         args = {}
-        for name in ("pixdim", "lower", "upper", "b_min", "b_max", "clip", "channel_wise", "min_ratio"):
+        for name in ("pixdim", "lower", "upper", "b_min", "b_max", "clip", "channel_wise", "min_ratio", "thin_ratio", "schemes"):
             if hasattr(t, name):
                 args[name] = getattr(t, name)
         for inner in ("spacing_transform", "cropper", "padder", "scaler"):
@@ -219,7 +219,7 @@ def _describe(transforms) -> list[tuple]:
 
 def test_cardiac_inference_preprocessing_matches_training_validation():
     inference = ConfigParser()
-    inference.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "cardiac_inference.yaml")])
+    inference.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "planned_inference.yaml"), str(CONFIGS / "cardiac_inference.yaml")])
     validation = _cardiac_parser().get_parsed_content("validate#preprocessing").transforms
     infer = inference.get_parsed_content("preprocessing").transforms
     # both read one file per modality or one multi-channel file (validation also reads a label); what
@@ -238,10 +238,10 @@ def test_cardiac_inference_preprocessing_matches_training_validation():
 def test_cardiac_inference_writes_each_volume_on_its_own_grid(tmp_path):
     case = _write_case(tmp_path, "vol", with_label=False)
     inference = ConfigParser()
-    inference.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "cardiac_inference.yaml")])
+    inference.read_config([str(CONFIGS / "inference.yaml"), str(CONFIGS / "planned_inference.yaml"), str(CONFIGS / "cardiac_inference.yaml")])
     (tmp_path / "models").mkdir()
     torch.save(inference.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
-    run_bundle(["run", "--config_file", config_files("inference.yaml", "cardiac_inference.yaml"),
+    run_bundle(["run", "--config_file", config_files("inference.yaml", "planned_inference.yaml", "cardiac_inference.yaml"),
                 "--image", json.dumps([case["c0"], case["lge"], case["t2"]]),
                 "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "out")])
     seg = nib.load(str(tmp_path / "out" / "vol_seg.nii.gz"))
@@ -259,7 +259,7 @@ def test_cardiac_misalignment_switch_moves_sequences_in_plane_only():
         names = [type(t).__name__ for t in transforms]
         index = names.index("RandModalityMisalignd")
         # on the volume, after intensity normalisation and before the slices are sampled
-        assert names[index - 1] == "NormalizeIntensityd" and names[index + 1].startswith("Rand")
+        assert names[index - 1] == "ModalityIntensityd" and names[index + 1].startswith("Rand")
         misalign = transforms[index]
         assert list(misalign.max_shift_mm) == [4.0, 4.0, 0.0]  # no shift across slices
         assert list(misalign.max_rotation_deg) == [0.0, 0.0, 7.0]  # rotation about the slice axis only

@@ -300,9 +300,9 @@ def test_benchmark_inserts_after_normalisation():
     assert names[names.index("NormalizeIntensityd") + 1] == "ModalityMisalignd"
     if (CONFIGS / "cardiac.yaml").is_file():  # volumes: after the percentile scaling and the normalisation
         parser = ConfigParser()
-        parser.read_config([str(CONFIGS / n) for n in ("train.yaml", "cardiac.yaml", "evaluate.yaml")])
+        parser.read_config([str(CONFIGS / n) for n in ("train.yaml", "planned.yaml", "cardiac.yaml", "evaluate.yaml")])
         preprocessing = mb.with_misalignment(parser.get_parsed_content("validate#preprocessing"), misalign)
-        assert [type(t).__name__ for t in preprocessing.transforms][-2:] == ["NormalizeIntensityd", "ModalityMisalignd"]
+        assert [type(t).__name__ for t in preprocessing.transforms][-2:] == ["ModalityIntensityd", "ModalityMisalignd"]
     levels = mb.misalignment_levels([0, 2, 5], [0, 10])
     assert [lv["name"] for lv in levels] == ["aligned", "shift_2mm", "shift_5mm", "rotation_10deg"]
     levels = mb.misalignment_levels([0], [0], drop_sequences=[2, 0])
