@@ -46,13 +46,14 @@ class Device:
     first_width: int
     max_width: int
     max_iterations: int
+    max_levels: int
 
 
 DEVICES = {
     # 2 CPU cores, torch threads = 2; throughputs of scripts/bench_planned_cost.py on the project's CI machine kind
-    "cpu": Device(128, 64, 8 * 128 * 128, 2 * 48 ** 3, 0.9e6, 1.5e6, 15.0, 20.0, 16, 256, 2000),
+    "cpu": Device(128, 64, 8 * 128 * 128, 2 * 48 ** 3, 0.9e6, 1.5e6, 15.0, 20.0, 16, 256, 2000, 5),
     # one data-centre GPU (nnU-Net's 2-D and 3-D patch scales); the budget is not measured in this project
-    "gpu": Device(512, 128, 12 * 256 * 256, 2 * 128 ** 3, 60e6, 40e6, 60.0, 90.0, 32, 320, 20000),
+    "gpu": Device(512, 128, 12 * 256 * 256, 2 * 128 ** 3, 60e6, 40e6, 60.0, 90.0, 32, 320, 20000, 6),
 }
 # a semi-supervised iteration (weak-to-strong: labeled pass, weak unlabeled pass, strong unlabeled
 # pass) costs about this many supervised ones
@@ -269,11 +270,12 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
     # ---- network: a UNet as deep as the ROI allows
     smallest = min(roi)
     levels = 1
-    while levels < 6 and smallest / 2 ** levels >= 8:
+    while levels < dev.max_levels and smallest / 2 ** levels >= 4:
         levels += 1
     widths = [min(dev.max_width, dev.first_width * 2 ** i) for i in range(levels)]
-    plan.decide("unet_channels", widths, f"{levels} levels: the smallest ROI side {smallest} halves {levels - 1} "
-                f"times down to >= 8 voxels; widths from {dev.first_width}, doubling, at most {dev.max_width} on {device}")
+    plan.decide("unet_channels", widths, f"{levels} levels: the smallest ROI side {smallest} is halved {levels - 1} times, "
+                f"keeping >= 4 voxels at the bottom as nnU-Net does (at most {dev.max_levels} levels on {device}); "
+                f"widths from {dev.first_width}, doubling, at most {dev.max_width}")
 
     # ---- budget
     voxels = batch * samples * int(np.prod(roi))
