@@ -219,11 +219,15 @@ def _write_dataset(folder: Path, shape, spacing, n_cases=6, modalities=("t1", "f
     return path
 
 
-def _plan_tool():
-    spec = importlib.util.spec_from_file_location("plan_tool", REPO_ROOT / "scripts" / "plan.py")
+def _load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _plan_tool():
+    return _load_tool("plan")
 
 
 @pytest.mark.parametrize("geometry", ["stack", "volume"])
@@ -238,9 +242,14 @@ def test_planned_run_trains_evaluates_and_infers(tmp_path, geometry):
         _plan_tool().main(str(datalist), output=str(plan), device="cpu")  # never overwritten silently
     stack = ["train.yaml", "planned.yaml", "unet.yaml", "weak_strong.yaml"]
     common = ["--datalist_file", str(datalist), "--ckpt_dir", str(tmp_path / "run")]
-    run_bundle(["run", "--config_file", json.dumps([str(CONFIGS / c) for c in stack] + [str(plan)]), *common,
-                "--epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "1",
-                "--output_dir", str(tmp_path / "run")])
+    if geometry == "stack":  # the one-command path: plan_and_train.py reuses the written plan and trains
+        tool = _load_tool("plan_and_train")
+        assert tool.stacks(str(plan))[0] == [str(CONFIGS / c) for c in stack] + [str(plan)]
+        assert tool.main(str(datalist), str(tmp_path / "run"), plan=str(plan), epochs=1, iterations_per_epoch=2, val_interval=1) == 0
+    else:
+        run_bundle(["run", "--config_file", json.dumps([str(CONFIGS / c) for c in stack] + [str(plan)]), *common,
+                    "--epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "1",
+                    "--output_dir", str(tmp_path / "run")])
     assert (tmp_path / "run" / "model.pt").is_file()
     run_bundle(["run", "--config_file", json.dumps([str(CONFIGS / c) for c in stack] + [str(plan), str(CONFIGS / "evaluate.yaml")]),
                 *common, "--output_dir", str(tmp_path / "eval")])
@@ -291,3 +300,28 @@ def test_fingerprint_of_real_lgg_stacks(tmp_path):
     assert all(fp["intensity"][m]["dtype"] == "uint8" for m in ("pre", "flair", "post"))
     ids = plan_from_fingerprint(fp, "cpu").ids
     assert ids["spatial_dims"] == 2 and ids["roi_size"] == [128, 128] and ids["pixdim"] == [1.0, 1.0]
+
+
+def test_keep_largest_component_only_for_classes_that_are_one_structure():
+    one = _case((64, 64, 64), (1.0, 1.0, 1.0), [20, 20, 20], [0.5, 0.5, 0.5], {"1": 0.01, "2": 0.01})
+    one["largest_component_share"] = {"1": 1.0, "2": 0.55}  # class 2: scattered (e.g. lesions)
+    other = dict(one, largest_component_share={"1": 0.95, "2": 0.6})
+    plan = plan_from_fingerprint(_fingerprint([one, other], num_classes=3), "cpu")
+    assert plan.ids["keep_largest_component"] == [1]
+    scattered = dict(one, largest_component_share={"1": 0.5, "2": 0.5})
+    assert plan_from_fingerprint(_fingerprint([scattered], num_classes=3), "cpu").ids["keep_largest_component"] is None
+
+
+def test_label_geometry_from_a_hand_made_label(tmp_path):
+    from planning.fingerprint import label_geometry
+
+    label = np.zeros((20, 10, 4), dtype=np.uint8)
+    label[2:4, 4:6, 1] = 1  # rows 2-3 of 20: centre 9.5, farthest |2 - 9.5| + 0.5 = 8 voxels
+    label[15, 5, 1] = 1  # a second, single-voxel component of class 1
+    label[10:12, 1:3, 2] = 2
+    nib.save(nib.Nifti1Image(label, np.diag([2.0, 1.0, 5.0, 1.0])), str(tmp_path / "l.nii.gz"))
+    geo = label_geometry(str(tmp_path / "l.nii.gz"), [2.0, 1.0, 5.0])
+    assert geo["fg_halfwidth_mm"][0] == pytest.approx(8.0 * 2.0)
+    assert geo["fg_slice_share"] == [pytest.approx(5 / 20), pytest.approx(4 / 10), pytest.approx(2 / 4)]
+    assert geo["class_share"] == {"1": pytest.approx(5 / 800), "2": pytest.approx(4 / 800)}
+    assert geo["largest_component_share"] == {"1": pytest.approx(4 / 5), "2": 1.0}

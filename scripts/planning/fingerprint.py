@@ -15,7 +15,8 @@ The fingerprint is a plain JSON-able dict (so that tests can write one by hand):
     {"modalities": [...], "num_classes": int,
      "cases": [{"case", "labeled", "shape", "spacing", "ras_shape", "ras_spacing",
                 "fg_halfwidth_mm": [per stored axis] | None, "fg_slice_share": [per stored axis] | None,
-                "class_share": {"1": share of the image's voxels, ...} | None}],
+                "class_share": {"1": share of the image's voxels, ...} | None,
+                "largest_component_share": {"1": share of the class's voxels in its largest component, ...}}],
      "intensity": {modality: {"dtype": "uint8", "p00_5", "p99_5", "mean", "std" (all voxels, medians
                    over cases), "fg_p00_5", "fg_p99_5", "fg_mean", "fg_std" (foreground voxels, pooled)}}}
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 __all__ = ["dataset_fingerprint", "case_geometry", "label_geometry"]
 
@@ -57,8 +59,15 @@ def label_geometry(path: str, spacing: Sequence[float]) -> dict[str, Any]:
     fg = label > 0
     classes, counts = np.unique(label, return_counts=True)
     share = {str(int(c)): float(n) / label.size for c, n in zip(classes, counts) if c > 0}
+    # the share of each class's voxels in its largest connected component (full connectivity, as
+    # MONAI's KeepLargestConnectedComponent by default)
+    largest = {}
+    for c in classes[classes > 0]:
+        components, n = ndimage.label(label == c, structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(components.ravel())[1:]
+        largest[str(int(c))] = round(float(sizes.max()) / float(sizes.sum()), 4) if n else 1.0
     if not fg.any():
-        return {"fg_halfwidth_mm": None, "fg_slice_share": None, "class_share": share}
+        return {"fg_halfwidth_mm": None, "fg_slice_share": None, "class_share": share, "largest_component_share": largest}
     halfwidth, slice_share = [], []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
@@ -67,7 +76,7 @@ def label_geometry(path: str, spacing: Sequence[float]) -> dict[str, Any]:
         halfwidth.append(float(max(abs(present[0] - centre), abs(present[-1] - centre)) + 0.5) * float(spacing[axis]))
         slice_share.append(float(len(present)) / label.shape[axis])
     return {"fg_halfwidth_mm": [round(h, 3) for h in halfwidth], "fg_slice_share": [round(s, 4) for s in slice_share],
-            "class_share": share}
+            "class_share": share, "largest_component_share": largest}
 
 
 def _analyze_intensities(cases: list[dict], modalities: Sequence[str]) -> dict[str, dict[str, float]]:

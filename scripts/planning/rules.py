@@ -25,6 +25,8 @@ THIN_STACK = 0.5
 MAX_COARSENING = 2.0
 # the margin (mm, and as a share) kept around the farthest foreground when cropping the field of view
 CROP_MARGIN_MM, CROP_MARGIN_SHARE = 8.0, 0.1
+# a class whose largest connected component holds this share of its voxels (median case) is one structure
+ONE_STRUCTURE = 0.9
 # no crop when it would keep at least this share of the image
 NO_CROP_SHARE = 0.8
 
@@ -246,6 +248,22 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
                     "(at least nnU-Net's one in three, at most three in four)", foreground_neg=neg)
     else:
         plan.decide("foreground_pos", 1, "no labeled foreground found: 1:1", foreground_neg=1)
+
+    # ---- post-processing: keep the largest connected component of classes that are one structure
+    if labeled:
+        keep, shares_by_class = [], {}
+        for k in range(1, num_classes):
+            values = [c.get("largest_component_share", {}).get(str(k)) for c in labeled]
+            values = [v for v in values if v is not None]
+            if values:
+                shares_by_class[k] = _median(values)
+                if shares_by_class[k] >= ONE_STRUCTURE:
+                    keep.append(k)
+        described = ", ".join(f"class {k}: {v:.0%}" for k, v in shares_by_class.items())
+        plan.decide("keep_largest_component", keep or None,
+                    f"median share of a class's voxels in its largest connected component ({described}); classes at "
+                    f">= {ONE_STRUCTURE:.0%} are one structure per case, so every other predicted component of them is "
+                    "removed (nnU-Net decides the same post-processing, on its validation folds)")
 
     # ---- intensities, per modality
     schemes, lines = [], []
