@@ -82,7 +82,9 @@ def _config_stack(names: Sequence[str]) -> list[str]:
 def _is_plan_path(name: str) -> bool:
     """Whether a base config is a file outside the bundle (a written plan) rather than a bundle config."""
     name = str(name)
-    return not (CONFIGS / (name if name.endswith((".yaml", ".json")) else f"{name}.yaml")).is_file() and Path(name).is_file()
+    if (CONFIGS / (name if name.endswith((".yaml", ".json")) else f"{name}.yaml")).is_file() and os.sep not in name:
+        return False  # a bundle config by name
+    return Path(name).is_file() and Path(name).resolve().parent != CONFIGS.resolve()
 
 
 def _as_list(value) -> list:

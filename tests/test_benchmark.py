@@ -38,6 +38,16 @@ def test_commands_layer_base_and_method_configs(tmp_path):
     assert evaluate[evaluate.index("--eval_split") + 1] == "testing"
     with pytest.raises(FileNotFoundError, match="no config 'nope'"):
         bench.commands("nope", 0.2, "/d/datalist.json", [], tmp_path, 0, {})
+    # a written plan is given by its path and layered after the method's override, before evaluate.yaml
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("spatial_dims: 2\n")
+    train, evaluate = bench.commands("unet+weak_strong", 0.1, "/d/datalist.json", ["planned", str(plan)], tmp_path, 0, {})
+    stack = json.loads(train[train.index("--config_file") + 1])
+    assert [p.rsplit("/", 1)[-1] for p in stack] == ["train.yaml", "planned.yaml", "unet.yaml", "weak_strong.yaml", "plan.yaml"]
+    assert stack[-1] == str(plan.resolve())
+    assert [p.rsplit("/", 1)[-1] for p in json.loads(evaluate[evaluate.index("--config_file") + 1])][-2:] == ["plan.yaml", "evaluate.yaml"]
+    with pytest.raises(FileNotFoundError, match="nor at that path"):
+        bench.commands("cmc", 0.2, "/d/datalist.json", [str(tmp_path / "missing.yaml")], tmp_path, 0, {})
     # a fixed split seed: the labeled subset stays, the initialisation changes with the seed
     train, evaluate = bench.commands("cmc", 0.2, "/d/datalist.json", [], tmp_path, 3, {}, split_seed=7,
                                      test_datalist="/e/external.json")
