@@ -126,6 +126,50 @@ def test_evaluate_with_shipped_weights(shipped_weights, tmp_path):
     assert report["summary"]["fused"]["dice"]["mean"] > 0.5
 
 
+def _last_error(proc: subprocess.CompletedProcess) -> str:
+    """The last line printed, which must be the bundle's own error (exit status 1, no traceback after it)."""
+    assert proc.returncode == 1, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    tail = proc.stderr.rstrip()
+    message = tail[tail.rfind("\nERROR: ") + 1 :]
+    assert message.startswith("ERROR: ") and "Traceback" not in message and "Failed to" not in message, tail[-3000:]
+    return message
+
+
+def _testing_only_datalist(tiny_model: Path, folder: Path) -> Path:
+    """An external test set: the tiny dataset's testing cases (labeled), with absolute paths, and no other split."""
+    data = tiny_model / "data"
+    cases = [
+        {"case": c["case"], **{m: str(data / c[m]) for m in MODALITIES}, "label": str(data / c["label"])}
+        for c in _testing_cases(data)
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "external.json"
+    path.write_text(json.dumps({"modalities": MODALITIES, "testing": cases}))
+    return path
+
+
+def test_evaluate_and_infer_on_a_testing_only_datalist(tiny_model, tmp_path):
+    """Issue 24: `prepare_datalist.py ... --num_validation 0 --num_testing N` writes a datalist with a
+    `testing` list alone; evaluation (as benchmark.py --test_datalist runs it) and inference read it."""
+    external = _testing_only_datalist(tiny_model, tmp_path / "external")
+    out = tmp_path / "eval"
+    run_bundle([
+        "run", "--config_file", config_files("train.yaml", "evaluate.yaml"),
+        "--roi_size", json.dumps([32, 32]),
+        "--ckpt_dir", str(tiny_model / "models"),
+        "--datalist_file", str(external),
+        "--labeled_fraction", "0.5",  # benchmark.py passes the run's fraction to its evaluation too
+        "--output_dir", str(out), "--num_overlays", "0",
+    ])
+    report = json.loads((out / "metrics.json").read_text())
+    assert [c["case"] for c in report["cases"]] == [c["case"] for c in _testing_cases(tiny_model / "data")]
+    run_bundle(_infer_args(tiny_model, tmp_path / "seg", "--datalist_file", str(external)))
+    assert len(list((tmp_path / "seg").glob("*_seg.nii.gz"))) == len(report["cases"])
+    # training still needs labeled training cases
+    proc = _run_expect_failure(tiny_train_args(tmp_path / "train") + ["--datalist_file", str(external)])
+    assert "split 'training': no cases; at least one labeled training case is required" in _last_error(proc)
+
+
 # ---------------------------------------------------------------- inference
 def test_inference_writes_label_maps_on_the_input_grid(tiny_model, tmp_path):
     """Per-modality files, one (H, W, M) file stored mirrored (LAS), one (H, W, 1, M) file."""
@@ -216,6 +260,27 @@ def test_inference_never_overwrites_an_input(tiny_model, tmp_path):
     assert "refusing" in proc.stdout + proc.stderr and "c_seg.nii.gz" in proc.stdout + proc.stderr
     assert (folder / "c_seg.nii.gz").read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+def test_inference_input_errors_are_printed_last(tiny_model, tmp_path):
+    """Issue 24: an error of the bundle raised while MONAI instantiates a component (here
+    inference_cases, 2 files for 3 modalities) is the last thing printed, exit status 1."""
+    data = tiny_model / "data"
+    case = _testing_cases(data)[0]
+    files = json.dumps([str(data / case["t1"]), str(data / case["t2"])])
+    proc = _run_expect_failure(_infer_args(tiny_model, tmp_path / "seg", "--image", files))
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        "ERROR: InputError: --image: got 2 files for 3 modalities (t1, t2, flair); give one file per modality in "
+        "that order, or one multi-channel file."
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    # evaluation alike: a split without cases
+    proc = _run_expect_failure([
+        "run", "--config_file", config_files("train.yaml", "evaluate.yaml"), "--roi_size", json.dumps([32, 32]),
+        "--ckpt_dir", str(tiny_model / "models"), "--datalist_file", str(_testing_only_datalist(tiny_model, tmp_path)),
+        "--eval_split", "validation", "--output_dir", str(tmp_path / "eval"),
+    ])
+    assert "split 'validation': no cases to evaluate (splits with cases: ['testing'])" in _last_error(proc)
 
 
 def test_inference_with_shipped_weights(shipped_weights, tmp_path):

@@ -20,11 +20,33 @@ from typing import Any
 
 from monai.utils import str2bool
 
-__all__ = ["BundleError", "FlagError", "as_bool", "bundle_error_of", "install_error_hook", "parse_flags"]
+__all__ = [
+    "BundleError",
+    "FlagError",
+    "InputError",
+    "InputNotFoundError",
+    "OverwriteRefusedError",
+    "as_bool",
+    "bundle_error_of",
+    "install_error_hook",
+    "parse_flags",
+]
 
 
 class BundleError(Exception):
     """Marker base class of the errors the bundle reports concisely (see :func:`install_error_hook`)."""
+
+
+class InputError(BundleError, ValueError):
+    """A setting or input of the run (``--image``, ``--eval_split``, ...) cannot be used as given."""
+
+
+class InputNotFoundError(BundleError, FileNotFoundError):
+    """A file or folder the run was pointed at does not exist."""
+
+
+class OverwriteRefusedError(BundleError, FileExistsError):
+    """The run would write over a file it must keep (an input, another dataset)."""
 
 
 class FlagError(BundleError, ValueError):

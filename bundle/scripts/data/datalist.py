@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BundleError
+from ..errors import BundleError, InputError, InputNotFoundError
 from .synthetic import generate_synthetic_dataset
 
 __all__ = [
@@ -97,6 +97,7 @@ def load_datalist(
     check_files: bool = True,
     require_validation: bool = False,
     defer_missing_files: bool = False,
+    require_training: bool = True,
 ) -> dict[str, list[dict]]:
     """
     Read, validate and normalise a datalist.
@@ -121,7 +122,7 @@ def load_datalist(
 
     All problems are collected and reported together in one :class:`DatalistError`: a missing
     modality key, a wrong number of images, a missing file (when ``check_files``), an empty
-    ``training`` list, a label dict missing a modality, a case id in two splits or twice in one
+    ``training`` list (when ``require_training``), a label dict missing a modality, a case id in two splits or twice in one
     split, an image file used by cases of two splits.
 
     Args:
@@ -138,6 +139,8 @@ def load_datalist(
         check_files: check that every referenced file exists.
         require_validation: an empty ``validation`` list is a problem (training selects ``model.pt``
             on it).
+        require_training: an empty ``training`` list is a problem (training needs labeled cases);
+            evaluation passes False, so that an external test set holds its ``testing`` list alone.
         defer_missing_files: when missing files are the only problems, return the datalist (a
             :class:`Datalist`) with them in ``file_problems`` instead of raising, so that
             ``check_datalist_cases`` reports them together with the problems of every other file.
@@ -154,14 +157,14 @@ def load_datalist(
         normalised cases (missing lists are empty).
 
     Raises:
-        FileNotFoundError: ``datalist_file`` does not exist.
-        ValueError: ``labeled_fraction`` outside (0, 1].
+        InputNotFoundError: ``datalist_file`` does not exist (a ``FileNotFoundError``).
+        InputError: ``labeled_fraction`` outside (0, 1] (a ``ValueError``).
         DatalistError: the datalist is invalid (all problems in one message).
     """
     fraction = _check_fraction(labeled_fraction)
     datalist_path = os.path.abspath(os.path.expanduser(os.fspath(datalist_file)))
     if not os.path.isfile(datalist_path):
-        raise FileNotFoundError(f"datalist file not found: {datalist_path}")
+        raise InputNotFoundError(f"datalist file not found: {datalist_path}")
     try:
         with open(datalist_path, encoding="utf-8") as f:
             content = json.load(f)
@@ -193,7 +196,7 @@ def load_datalist(
             normalise_case(raw, split, position, names, base_dir, check_files, problems, order)
             for position, raw in enumerate(raw_cases)
         ]
-    if not content.get("training"):
+    if require_training and not content.get("training"):
         problems.append("split 'training': no cases; at least one labeled training case is required")
     if require_validation and not result["validation"]:
         problems.append(
@@ -223,6 +226,7 @@ def resolve_datalist(
     synthetic: dict | None = None,
     require_validation: bool = False,
     defer_missing_files: bool = False,
+    require_training: bool = True,
 ) -> dict[str, list[dict]]:
     """
     Datalist of a run: the user's dataset when one is given, else the embedded synthetic dataset.
@@ -246,7 +250,7 @@ def resolve_datalist(
         split_seed: seed of the labeled/unlabeled selection.
         synthetic: further keyword arguments of ``generate_synthetic_dataset`` (``image_size``,
             ``num_training``, ``misalignment_mm``, ``seed``, ...).
-        require_validation, defer_missing_files: see :func:`load_datalist`.
+        require_validation, defer_missing_files, require_training: see :func:`load_datalist`.
 
     Returns:
         the normalised datalist, as :func:`load_datalist` returns it.
@@ -269,6 +273,7 @@ def resolve_datalist(
             split_seed=split_seed,
             require_validation=require_validation,
             defer_missing_files=defer_missing_files,
+            require_training=require_training,
         )
     if datalist_file:
         datalist_path = os.path.abspath(os.path.expanduser(os.fspath(datalist_file)))
@@ -282,6 +287,7 @@ def resolve_datalist(
         split_seed=split_seed,
         require_validation=require_validation,
         defer_missing_files=defer_missing_files,
+        require_training=require_training,
     )
 
 
@@ -290,9 +296,9 @@ def _check_fraction(labeled_fraction: float) -> float:
     try:
         fraction = float(labeled_fraction)
     except (TypeError, ValueError):
-        raise ValueError(f"labeled_fraction must be a number in (0, 1], got {labeled_fraction!r}.") from None
+        raise InputError(f"labeled_fraction must be a number in (0, 1], got {labeled_fraction!r}.") from None
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction!r}.")
+        raise InputError(f"labeled_fraction must be in (0, 1], got {labeled_fraction!r}.")
     return fraction
 
 
@@ -606,16 +612,24 @@ def _apply_labeled_fraction(datalist: dict[str, list[dict]], fraction: float, sp
 
 
 def labeled_cases(datalist: Mapping[str, Sequence[dict]], split: str) -> list[dict]:
-    """The cases of ``split``, which must all have a single label file (evaluation needs labels)."""
+    """The cases of ``split``, which must all have a single label file (evaluation needs labels).
+
+    Raises:
+        InputError: ``split`` is not a split (a ``ValueError``).
+        DatalistError: ``split`` has no cases, or cases without a single label file.
+    """
     if split not in datalist:
-        raise ValueError(f"eval_split {str(split)!r} is not a datalist split (splits: {sorted(datalist)}).")
+        raise InputError(f"eval_split {str(split)!r} is not a datalist split (splits: {sorted(datalist)}).")
     cases = list(datalist[split])
     if not cases:
-        raise ValueError(f"eval_split {str(split)!r}: no cases to evaluate.")
+        filled = [name for name in DATALIST_SPLITS if datalist.get(name)]
+        raise DatalistError(
+            [f"split {str(split)!r}: no cases to evaluate (splits with cases: {filled}); choose one with --eval_split"]
+        )
     unlabeled = [c.get("case", "?") for c in cases if not isinstance(c.get("label"), str)]
     if unlabeled:
-        raise ValueError(
-            f"eval_split {str(split)!r}: evaluation needs one label file per case; missing or per-modality labels in "
-            f"cases {unlabeled}."
-        )
+        raise DatalistError([
+            f"split {str(split)!r}: evaluation needs one label file per case; missing or per-modality labels in "
+            f"cases {unlabeled}"
+        ])
     return cases

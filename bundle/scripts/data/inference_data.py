@@ -28,6 +28,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import InputError, InputNotFoundError, OverwriteRefusedError
 from .datalist import DatalistError, derive_case_id, list_order, normalise_case
 from .synthetic import generate_synthetic_dataset
 from .transforms import input_files_of, safe_name
@@ -53,12 +54,12 @@ def _cases_from_image(image: Any, modalities: Sequence[str]) -> list[dict[str, A
     if isinstance(image, Sequence) and image and all(isinstance(p, (str, os.PathLike)) for p in image):
         paths = [_abspath(p) for p in image]
         if len(paths) != len(modalities):
-            raise ValueError(
+            raise InputError(
                 f"--image: got {len(paths)} files for {len(modalities)} modalities ({', '.join(modalities)}); "
                 "give one file per modality in that order, or one multi-channel file."
             )
         return [{"case": derive_case_id(paths[0], modalities[0], per_modality=True) or "case", "image": paths}]
-    raise ValueError(f"--image: expected a file path or a list of file paths, got {image!r}.")
+    raise InputError(f"--image: expected a file path or a list of file paths, got {image!r}.")
 
 
 def _cases_from_datalist(datalist_file: str, dataset_dir: str | None, data_split: str, modalities: Sequence[str]):
@@ -121,10 +122,15 @@ def inference_cases(
         synthetic_dir: folder of the embedded synthetic dataset, used when no source is given.
         spatial_dims: dimensionality of the synthetic dataset.
         output_dir, output_postfix, output_ext: where the segmentations go; when ``output_dir`` is
-            given, a segmentation path equal to any input file raises ``FileExistsError``.
+            given, a segmentation path equal to any input file raises ``OverwriteRefusedError``.
 
     Returns:
         ``[{"case": id, "image": path or [paths], "input_files": [paths]}, ...]``.
+
+    Raises:
+        InputError, InputNotFoundError, OverwriteRefusedError, DatalistError: bundle errors (a
+        ``ValueError``, ``FileNotFoundError`` and ``FileExistsError`` too) naming the setting or the
+        file, so that a ``monai.bundle run`` ends with the message alone (``scripts.errors``).
     """
     modalities = list(modalities)
     if image not in (None, "", []):
@@ -137,21 +143,21 @@ def inference_cases(
             datalist_path = os.path.join(_abspath(dataset_dir), "datalist.json")
         if datalist_path:
             if not os.path.isfile(datalist_path):
-                raise FileNotFoundError(f"datalist file not found: {datalist_path}")
+                raise InputNotFoundError(f"datalist file not found: {datalist_path}")
             cases = _cases_from_datalist(datalist_path, dataset_dir, data_split, modalities)
         elif dataset_dir:
             if not image_pattern:
-                raise ValueError(
+                raise InputError(
                     f"dataset_dir {_abspath(dataset_dir)} has no datalist.json: give --image_pattern "
                     "(e.g. '*.nii.gz', one multi-channel file per case), --datalist_file, or --image."
                 )
             paths = sorted(glob.glob(os.path.join(_abspath(dataset_dir), image_pattern)))
             if not paths:
-                raise FileNotFoundError(f"no file matches {os.path.join(_abspath(dataset_dir), image_pattern)}")
+                raise InputNotFoundError(f"no file matches {os.path.join(_abspath(dataset_dir), image_pattern)}")
             cases = [{"case": derive_case_id(p, modalities[0], per_modality=False) or p, "image": p} for p in paths]
         else:
             if not synthetic_dir:
-                raise ValueError("no input: give --image, --dataset_dir or --datalist_file.")
+                raise InputError("no input: give --image, --dataset_dir or --datalist_file.")
             datalist_path = generate_synthetic_dataset(synthetic_dir, spatial_dims=spatial_dims, modalities=modalities)
             cases = _cases_from_datalist(datalist_path, None, data_split, modalities)
 
@@ -161,7 +167,7 @@ def inference_cases(
         files = input_files_of(case.get("image")) + input_files_of(case.get("label"))
         case_id = str(case["case"])
         if case_id in seen:
-            raise ValueError(
+            raise InputError(
                 f"case id {str(case_id)!r} appears twice: the two segmentations would overwrite each other."
             )
         seen.add(case_id)
@@ -171,7 +177,7 @@ def inference_cases(
         for c in result:
             target = segmentation_path(output_dir, c["case"], output_postfix, output_ext)
             if os.path.realpath(target) in inputs:
-                raise FileExistsError(
+                raise OverwriteRefusedError(
                     f"case {str(c['case'])!r}: refusing to run: its segmentation {target} would overwrite the input file "
                     f"{inputs[os.path.realpath(target)]}; choose another output_dir or output_postfix."
                 )

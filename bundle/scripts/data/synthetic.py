@@ -78,6 +78,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ..errors import InputError, OverwriteRefusedError
 from .synthetic_anatomy import (
     SYNTHETIC_LABELS,
     image_affine,
@@ -265,26 +266,26 @@ def _normalise_parameters(
 ) -> dict[str, Any]:
     """Validate the arguments of :func:`generate_synthetic_dataset` and return them as a JSON-ready dict."""
     if _as_int(spatial_dims) not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+        raise InputError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
     spatial_dims = int(spatial_dims)
     if isinstance(modalities, (str, bytes)) or not isinstance(modalities, Sequence):
-        raise ValueError(f"modalities must be a sequence of modality names, got {modalities!r}.")
+        raise InputError(f"modalities must be a sequence of modality names, got {modalities!r}.")
     names = list(modalities)
     if len(names) < 2:
-        raise ValueError(f"the synthetic dataset needs at least 2 modalities, got {names!r}.")
+        raise InputError(f"the synthetic dataset needs at least 2 modalities, got {names!r}.")
     for name in names:
         if not isinstance(name, str) or not _MODALITY_NAME.match(name):
-            raise ValueError(
+            raise InputError(
                 f"invalid modality name {name!r}: use letters, digits, '_' and '-' (not starting with '_' or '-')."
             )
         if name in _RESERVED_KEYS:
-            raise ValueError(f"modality name {name!r} is reserved in the datalist; choose another name.")
+            raise InputError(f"modality name {name!r} is reserved in the datalist; choose another name.")
     if len(set(names)) != len(names):
-        raise ValueError(f"modality names must be unique, got {names!r}.")
+        raise InputError(f"modality names must be unique, got {names!r}.")
     if image_size is None:
         image_size = DEFAULT_IMAGE_SIZE[spatial_dims]
     if _as_int(image_size) is None or int(image_size) < 16:
-        raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}.")
+        raise InputError(f"image_size must be an integer >= 16, got {image_size!r}.")
     counts = {
         "num_training": num_training,
         "num_unlabeled": num_unlabeled,
@@ -293,17 +294,17 @@ def _normalise_parameters(
     }
     for key, value in counts.items():
         if _as_int(value) is None or int(value) < 0:
-            raise ValueError(f"{key} must be a non-negative integer, got {value!r}.")
+            raise InputError(f"{key} must be a non-negative integer, got {value!r}.")
     if int(num_training) < 1:
-        raise ValueError("num_training must be >= 1: semi-supervised training needs labeled cases.")
+        raise InputError("num_training must be >= 1: semi-supervised training needs labeled cases.")
     try:
         misalignment = float(misalignment_mm)
     except (TypeError, ValueError):
-        raise ValueError(f"misalignment_mm must be a number, got {misalignment_mm!r}.") from None
+        raise InputError(f"misalignment_mm must be a number, got {misalignment_mm!r}.") from None
     if not np.isfinite(misalignment) or misalignment < 0:
-        raise ValueError(f"misalignment_mm must be a finite number >= 0, got {misalignment_mm!r}.")
+        raise InputError(f"misalignment_mm must be a finite number >= 0, got {misalignment_mm!r}.")
     if _as_int(seed) is None or int(seed) < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
     return {
         "generator_version": GENERATOR_VERSION,
         "spatial_dims": spatial_dims,
@@ -329,18 +330,18 @@ def _as_int(value: Any) -> int | None:
 def _existing_dataset_matches(out_dir: str, params: dict[str, Any]) -> bool:
     """
     Check what ``out_dir`` holds: False when absent or empty, True when it is a complete dataset
-    generated with ``params``; otherwise raise FileExistsError explaining what to do.
+    generated with ``params``; otherwise raise OverwriteRefusedError (a FileExistsError) explaining what to do.
     """
     if not os.path.lexists(out_dir):
         return False
     if not os.path.isdir(out_dir):
-        raise FileExistsError(f"synthetic dataset folder {out_dir} exists and is not a folder; use another output_dir.")
+        raise OverwriteRefusedError(f"synthetic dataset folder {out_dir} exists and is not a folder; use another output_dir.")
     if not os.listdir(out_dir):
         return False
     advice = "Delete the folder to regenerate the dataset, or choose another output folder."
     manifest_path = os.path.join(out_dir, MANIFEST_NAME)
     if not os.path.isfile(manifest_path):
-        raise FileExistsError(
+        raise OverwriteRefusedError(
             f"folder {out_dir} is not empty and has no {MANIFEST_NAME}, so it is not a synthetic dataset; "
             "it will not be overwritten. Choose another output folder."
         )
@@ -348,7 +349,7 @@ def _existing_dataset_matches(out_dir: str, params: dict[str, Any]) -> bool:
         with open(manifest_path, encoding="utf-8") as f:
             recorded = json.load(f).get("parameters")
     except (OSError, ValueError, AttributeError) as e:
-        raise FileExistsError(f"cannot read the synthetic dataset manifest {manifest_path}: {e}. {advice}") from e
+        raise OverwriteRefusedError(f"cannot read the synthetic dataset manifest {manifest_path}: {e}. {advice}") from e
     requested = json.loads(json.dumps(params))
     if recorded != requested:
         recorded = recorded if isinstance(recorded, dict) else {}
@@ -357,13 +358,13 @@ def _existing_dataset_matches(out_dir: str, params: dict[str, Any]) -> bool:
             for key in sorted(set(recorded) | set(requested))
             if recorded.get(key) != requested.get(key)
         ]
-        raise FileExistsError(
+        raise OverwriteRefusedError(
             f"the synthetic dataset in {out_dir} was generated with different parameters:\n"
             + "\n".join(diffs)
             + f"\n{advice}"
         )
     if not os.path.isfile(os.path.join(out_dir, DATALIST_NAME)):
-        raise FileExistsError(f"the synthetic dataset in {out_dir} has no {DATALIST_NAME} (incomplete). {advice}")
+        raise OverwriteRefusedError(f"the synthetic dataset in {out_dir} has no {DATALIST_NAME} (incomplete). {advice}")
     return True
 
 
