@@ -257,6 +257,15 @@ def test_resume_with_changed_settings_is_refused_and_keeps_the_run(tmp_path):
     # more epochs with the same settings continue the run
     proc = _train(tmp_path, data, "--epochs", "2")
     assert proc.returncode == 0 and "resuming from" in proc.stderr + proc.stdout
+    # issue 24: the training state cut short (full disk, interrupted copy): named, with what to do, no zip traceback
+    state = tmp_path / "out" / "training_state_checkpoint_epoch=2.pt"
+    raw = state.read_bytes()
+    state.write_bytes(raw[: len(raw) // 2])
+    proc = _train(tmp_path, data, "--epochs", "3")
+    message = _error(proc, "CheckpointError")
+    assert message.startswith(f"ERROR: CheckpointError: cannot resume: cannot load {state}: the file is truncated or corrupt")
+    assert message.endswith("Delete it to start from scratch, or pass --resume false (or another --output_dir).")
+    assert state.stat().st_size == len(raw) // 2  # left for the user to look at
 
 
 def test_second_run_into_the_same_output_dir_is_refused(tmp_path):

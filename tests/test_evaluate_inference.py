@@ -170,6 +170,31 @@ def test_evaluate_and_infer_on_a_testing_only_datalist(tiny_model, tmp_path):
     assert "split 'training': no cases; at least one labeled training case is required" in _last_error(proc)
 
 
+def test_a_truncated_model_is_named_at_evaluation_and_inference(tiny_model, tmp_path):
+    """Issue 24: a cut-short model.pt stops evaluation and inference with a message naming it, no zip traceback."""
+    models = tmp_path / "models"
+    models.mkdir()
+    raw = (tiny_model / "models" / "model.pt").read_bytes()
+    (models / "model.pt").write_bytes(raw[: len(raw) // 2])
+    proc = _run_expect_failure([
+        "run", "--config_file", config_files("train.yaml", "evaluate.yaml"),
+        "--roi_size", json.dumps([32, 32]), "--ckpt_dir", str(models),
+        "--synthetic_dir", str(tiny_model / "data"), "--synthetic", json.dumps(TINY_SYNTHETIC),
+        "--output_dir", str(tmp_path / "eval"), "--num_overlays", "0",
+    ])
+    message = _last_error(proc)
+    assert message.startswith(f"ERROR: CheckpointError: cannot load {models / 'model.pt'}: ")
+    assert "the file is truncated or corrupt" in message and "train again" in message
+    cases = str(_testing_only_datalist(tiny_model, tmp_path))
+    proc = _run_expect_failure(_infer_args(tmp_path, tmp_path / "seg", "--datalist_file", cases))
+    assert _last_error(proc).startswith(f"ERROR: CheckpointError: cannot load {models / 'model.pt'}: ")
+    # no model.pt at all: said so, with what to do
+    (models / "model.pt").unlink()
+    proc = _run_expect_failure(_infer_args(tmp_path, tmp_path / "seg", "--datalist_file", cases))
+    message = _last_error(proc)
+    assert f"cannot load {models / 'model.pt'}: no such file" in message and "--ckpt_dir" in message
+
+
 # ---------------------------------------------------------------- inference
 def test_inference_writes_label_maps_on_the_input_grid(tiny_model, tmp_path):
     """Per-modality files, one (H, W, M) file stored mirrored (LAS), one (H, W, 1, M) file."""
@@ -334,7 +359,7 @@ def test_evaluate_config_layers_on_train():
     parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")])
     assert parser.get("eval_split") == "testing"
     assert parser.get("run") == ["@error_hook", "$@validate#evaluator.run()"]  # no training; errors printed last
-    assert parser.get("validate#handlers")[0]["_target_"] == "CheckpointLoader"
+    assert parser.get("validate#handlers")[0]["_target_"].endswith("CheckedCheckpointLoader")
     assert parser.get_parsed_content("eval_heads") == HEADS
 
 

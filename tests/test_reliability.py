@@ -24,6 +24,7 @@ from torch import nn
 from bundle_runner import BUNDLE, CONFIGS, REPO_ROOT, TINY_SYNTHETIC, run_bundle, tiny_train_args
 from scripts.engine import loss_terms
 from scripts.engine.atomic_checkpoint import PARTIAL_SUFFIX, AtomicCheckpointSaver, atomic_save
+from scripts.engine.checkpoint_loading import CheckpointError
 from scripts.engine.output_folders import OutputFolderError, check_output_folders
 from scripts.engine.resume import RandomStates, ResumeTraining, find_training_states, parse_resume_flag
 
@@ -196,8 +197,48 @@ def test_resume_refuses_a_checkpoint_beyond_max_epochs_or_unreadable(tmp_path):
     ResumeTraining(saver, resume="false")(engine)  # starting over is allowed
     assert engine.state.epoch == 0
     (tmp_path / "training_state_checkpoint_epoch=3.pt").write_bytes(b"PK\x03\x04 truncated by an old, non-atomic save")
-    with pytest.raises(RuntimeError, match=r"cannot resume from .*epoch=3\.pt: .* Delete it, or pass --resume false"):
+    with pytest.raises(CheckpointError, match=r"cannot resume: cannot load .*epoch=3\.pt: the file is truncated or "
+                                              r"corrupt .* Delete it to start from scratch, or pass --resume false"):
         ResumeTraining(saver)(engine)
+
+
+def test_resume_falls_back_to_the_previous_intact_checkpoint(tmp_path, caplog):
+    """Issue 24: the newest training_state cut short (full disk, interrupted copy): the run resumes from
+    the previous intact one and says so; with no intact one it stops naming every file, not in a zip traceback."""
+    caplog.set_level(logging.WARNING, logger="scripts.engine.resume")
+    for epoch in (1, 2):  # two checkpoints, as n_saved > 1 or a copied run folder leaves them
+        engine, net, saver = _engine_and_saver(tmp_path / f"e{epoch}", max_epochs=5)
+        engine.state.epoch, engine.state.iteration = epoch, 2 * epoch
+        saver.attach(engine)
+        saver.interval_completed(engine)
+        (tmp_path / f"e{epoch}" / f"training_state_checkpoint_epoch={epoch}.pt").rename(
+            tmp_path / f"training_state_checkpoint_epoch={epoch}.pt")
+    newest = tmp_path / "training_state_checkpoint_epoch=2.pt"
+    raw = newest.read_bytes()
+    newest.write_bytes(raw[: len(raw) // 2])
+    engine, net, saver = _engine_and_saver(tmp_path, max_epochs=5)
+    resume = ResumeTraining(saver)
+    resume(engine)
+    assert engine.state.epoch == 1 and resume.resumed_from.name == "training_state_checkpoint_epoch=1.pt"
+    assert f"cannot load {newest}: the file is truncated or corrupt" in caplog.text
+    assert "Resuming from the previous intact checkpoint" in caplog.text
+    # the unreadable file is replaced once this run writes its next checkpoint
+    engine.state.epoch, engine.state.iteration = 2, 4
+    saver.attach(engine)
+    saver.interval_completed(engine)
+    assert [p.name for p in find_training_states(tmp_path, "training_state")] == ["training_state_checkpoint_epoch=2.pt"]
+    assert torch.load(newest, weights_only=True)["trainer"]["iteration"] == 4  # complete again
+    # every checkpoint unreadable: refused, naming each file
+    older = tmp_path / "training_state_checkpoint_epoch=1.pt"
+    older.write_bytes(b"")
+    newest.write_bytes(raw[:100])
+    engine, net, saver = _engine_and_saver(tmp_path, max_epochs=5)
+    with pytest.raises(CheckpointError) as refused:
+        ResumeTraining(saver)(engine)
+    message = str(refused.value)
+    assert message.startswith("cannot resume: no training_state checkpoint can be read:")
+    assert f"cannot load {newest}: the file is truncated" in message and f"cannot load {older}: the file is" in message
+    assert "--resume false" in message and engine.state.epoch == 0
 
 
 # ------------------------------------------------------------------------------- output folders

@@ -27,6 +27,7 @@ from monai.transforms import Compose, Randomizable, Transform
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import BundleError, as_bool
+from .checkpoint_loading import CheckpointError, read_checkpoint
 
 __all__ = [
     "ResumeConflictError",
@@ -315,8 +316,11 @@ class ResumeTraining:
     - The checkpoint's epoch equals ``max_epochs``: the run is complete; this is logged and nothing
       is trained (the trainer returns at once). Start again from scratch with ``resume`` off or
       another output folder, or train longer with a larger ``max_epochs``.
-    - The checkpoint's epoch exceeds ``max_epochs``: ``ValueError``.
-    - The checkpoint cannot be read: ``RuntimeError`` naming the file.
+    - The checkpoint's epoch exceeds ``max_epochs``: :class:`ResumeConflictError` (a ``ValueError``).
+    - The newest checkpoint cannot be read (truncated or corrupt: a full disk, an interrupted copy,
+      a storage fault): the run resumes from the newest older one that can, with a warning naming
+      the unreadable file (which this run's next checkpoint replaces); when none can,
+      :class:`~scripts.engine.checkpoint_loading.CheckpointError` naming every file and what to do.
     - A :class:`RunSettings` of ``save_dict`` differs from the checkpoint's: :class:`ResumeConflictError`
       naming every changed setting, before anything is restored.
     - ``resume`` off: training starts from scratch and existing checkpoints of the saver are
@@ -366,6 +370,33 @@ class ResumeTraining:
         if replace is not None:
             replace([f.name for f in files])
 
+    def _newest_readable(self, found: list[Path]) -> tuple[Path, Mapping]:
+        """The newest of ``found`` (oldest first) that loads as a dict of states, and its content;
+        each unreadable newer file is named in a warning. None readable: :class:`CheckpointError`."""
+        remedy = "Delete it to start from scratch, or pass --resume false (or another --output_dir)."
+        unreadable: list[str] = []
+        for path in reversed(found):
+            try:
+                checkpoint = read_checkpoint(path, self.map_location)
+                if not isinstance(checkpoint, Mapping):
+                    raise CheckpointError(f"cannot load {path}: it does not hold a dict of states.")
+            except CheckpointError as e:
+                unreadable.append(str(e))
+                continue
+            for problem in unreadable:
+                self.logger.warning(
+                    f"{problem} Resuming from the previous intact checkpoint {path} instead; this run's next "
+                    "checkpoint replaces the unreadable file."
+                )
+            return path, checkpoint
+        if len(unreadable) == 1:
+            raise CheckpointError(f"cannot resume: {unreadable[0]} {remedy}")
+        raise CheckpointError(
+            f"cannot resume: no {self.file_prefix} checkpoint can be read:\n"
+            + "\n".join(f"  {problem}" for problem in unreadable)
+            + "\nDelete them to start from scratch, or pass --resume false (or another --output_dir)."
+        )
+
     def __call__(self, engine: Engine) -> None:
         found = find_training_states(self.checkpoint_dir, self.file_prefix)
         if not self.resume:
@@ -381,16 +412,7 @@ class ResumeTraining:
                 f"no {self.file_prefix} checkpoint in {self.checkpoint_dir}: training starts from scratch."
             )
             return
-        latest = found[-1]
-        try:
-            checkpoint = torch.load(latest, map_location=self.map_location, weights_only=True)
-        except Exception as e:
-            raise RuntimeError(
-                f"cannot resume from {latest}: {e}. Delete it, or pass --resume false (or another --output_dir) "
-                "to start from scratch."
-            ) from e
-        if not isinstance(checkpoint, Mapping):
-            raise RuntimeError(f"cannot resume from {latest}: it does not hold a dict of states.")
+        latest, checkpoint = self._newest_readable(found)
         present = {k: v for k, v in self.load_dict.items() if k in checkpoint}
         conflicts = [
             line
@@ -419,7 +441,7 @@ class ResumeTraining:
             )
         epoch, iteration = engine.state.epoch, engine.state.iteration
         if max_epochs is not None and epoch > max_epochs:
-            raise ValueError(
+            raise ResumeConflictError(
                 f"{latest} is at epoch {epoch}, beyond max_epochs = {max_epochs}. Pass --epochs {epoch} or more to "
                 "continue it, or --resume false (or another --output_dir) to start from scratch."
             )
