@@ -305,6 +305,21 @@ def test_2d_images_with_a_singleton_third_axis_train(tmp_path):
     assert metrics.stat().st_mode & 0o777 == model.stat().st_mode & 0o777  # not mkstemp's 0600
 
 
+def test_mixed_h_x_w_x_1_and_h_x_w_exports_train_in_one_batch(tmp_path):
+    """Issue 24: cases written by different export tools, some H x W x 1 and some H x W (images and
+    labels), in one batch: no collate error (`stack expects each tensor to be equal size`)."""
+    data = tmp_path / "data"
+    content = {
+        "modalities": MODALITIES,
+        "training": [_case(data, "training", "flat", (SIZE, SIZE)), _case(data, "training", "slab", (SIZE, SIZE, 1))],
+        "validation": [_case(data, "validation", "va0", (SIZE, SIZE, 1)), _case(data, "validation", "va1", (SIZE, SIZE))],
+    }
+    _write_datalist(data, content)
+    proc = _train(tmp_path, data)  # batch_size 2: every batch holds both kinds
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
 # ------------------------------------------------------------------------------- 9, 10, 11
 def test_every_problem_is_reported_at_once_with_a_missing_file(tmp_path):
     data = tmp_path / "data"

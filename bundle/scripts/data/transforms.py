@@ -20,6 +20,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import MapTransform, SaveImaged
 
+from .spatial_squeeze import squeeze_trailing_spatial
+
 __all__ = ["EnsureModalityChannelsd", "NiftiNoResampleWriter", "SaveSegmentationd", "input_files_of", "safe_name"]
 
 
@@ -87,8 +89,8 @@ class EnsureModalityChannelsd(MapTransform):
         shape = tuple(img.shape)
         meta = getattr(img, "meta", {}) or {}
         stacked = meta.get("original_channel_dim") == 0  # LoadImaged stacked one file per modality
-        while stacked and len(shape) > s + 1 and shape[-1] == 1:  # H x W x 1 files (2-D exports): H x W
-            img = img.squeeze(-1)
+        if stacked:  # H x W x 1 files (2-D exports): H x W, metadata included (mixed with H x W files in a batch)
+            img = squeeze_trailing_spatial(img, s)
             shape = tuple(img.shape)
         if stacked and len(shape) == s + 1 and shape[0] == m:
             return img
