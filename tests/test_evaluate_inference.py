@@ -442,6 +442,38 @@ def test_modality_heads_wrapper_and_split():
     torch.testing.assert_close(ModalityHeadsWrapper(single)(x), single(x))
 
 
+@pytest.mark.parametrize("heads", [["fused"], HEADS], ids=["single_head", "head_per_modality"])
+def test_overlays_are_titled_by_what_they_show(tmp_path, monkeypatch, heads):
+    """Issue 24: a single-head network (unet.yaml) is not titled "each modality with its own head"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from scripts.engine.evaluation_report import EvaluationReport
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    label = torch.zeros(4, 16, 16)
+    label[0], label[0, 4:12, 4:12], label[1, 4:12, 4:12] = 1, 0, 1
+    output = {"image": torch.rand(3, 16, 16), "label": label, "pred": label.clone()}
+    output.update({f"pred_{m}": label.clone() for m in heads[1:]})
+    report = EvaluationReport(str(tmp_path), heads, ["outer", "wall", "cavity"], MODALITIES)
+    report._overlay("p1", output)
+    assert (tmp_path / "overlays" / "p1.png").is_file()
+    (figure,) = figures
+    title = figure._suptitle.get_text()
+    panels = [ax.get_title() for ax in figure.axes]
+    drawn = [len(ax.collections) for ax in figure.axes]  # contours: the label's and the prediction's
+    if heads == ["fused"]:
+        assert title == "case p1: the network's one prediction (fused, from all modalities), drawn on each modality"
+        assert panels == MODALITIES and drawn == [2, 2, 2]  # the one prediction on every modality
+    else:
+        assert title == "case p1: each modality with its own head's prediction; the fused prediction last"
+        assert panels == [*MODALITIES, "fused (on t1)"] and drawn == [2, 2, 2, 2]
+
+
 def test_save_segmentation_refuses_to_overwrite_its_input(tmp_path):
     from monai.transforms import LoadImaged
 

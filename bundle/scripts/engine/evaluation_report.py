@@ -47,8 +47,10 @@ class EvaluationReport:
     - ``metrics.csv``: one row per case, head and metric with the per-class values and their mean,
       then the summary rows (case ``mean``);
     - ``overlays/<case>.png`` for the first ``num_overlays`` cases: a slice of every modality with
-      its own head's prediction (solid) and the label (dashed) as contours, and the fused
-      prediction on the first modality;
+      the prediction (solid) and the label (dashed) as contours, titled by what they show: with a
+      head per modality (``CMCNet``), each modality with its own head's prediction and the fused
+      prediction last, on the first modality; with one prediction only (a single network that
+      reads every modality, ``unet.yaml``), that prediction on every modality;
 
     and prints the summary table (one line per head: mean Dice, HD95 and ASD).
 
@@ -129,8 +131,14 @@ class EvaluationReport:
             z = int(np.argmax((label > 0).reshape(-1, label.shape[-1]).sum(0)))
             image, label = image[..., z], label[..., z]
             preds = {h: p[..., z] for h, p in preds.items()}
-        panels = [(m, i, preds.get(m)) for i, m in enumerate(self.modalities)]
-        panels.append((self.heads[0], 0, preds.get(self.heads[0])))
+        fused = self.heads[0]
+        if all(m in preds for m in self.modalities):  # a head per modality, then the fused prediction
+            panels = [(m, i, preds[m]) for i, m in enumerate(self.modalities)]
+            panels.append((f"{fused} (on {self.modalities[0]})", 0, preds.get(fused)))
+            what = "each modality with its own head's prediction; the fused prediction last"
+        else:  # one prediction from every modality at once: the same one on each
+            panels = [(m, i, preds.get(fused)) for i, m in enumerate(self.modalities)]
+            what = f"the network's one prediction ({fused}, from all modalities), drawn on each modality"
         colors = plt.get_cmap("tab10")
         fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
         for ax, (title, channel, pred) in zip(axes[0], panels, strict=False):
@@ -143,8 +151,7 @@ class EvaluationReport:
                     )
                 if pred is not None and (pred == c).any():
                     ax.contour((pred == c).T.astype(float), levels=[0.5], colors=[color], linewidths=1.2)
-            name = title if title != self.heads[0] else f"{title} (on {self.modalities[0]})"
-            ax.set_title(name, fontsize=10)
+            ax.set_title(title, fontsize=10)
             ax.axis("off")
         handles = [
             matplotlib.lines.Line2D([], [], color=colors(i), label=n) for i, n in enumerate(self.class_names)
@@ -153,7 +160,7 @@ class EvaluationReport:
             matplotlib.lines.Line2D([], [], color="k", linestyle="dashed", label="label"),
         ]
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-        fig.suptitle(f"case {case_id}: each modality with its own head; fused prediction last", fontsize=10)
+        fig.suptitle(f"case {case_id}: {what}", fontsize=10)
         fig.tight_layout(rect=(0, 0.06, 1, 0.95))
         folder = os.path.join(self.output_dir, "overlays")
         os.makedirs(folder, exist_ok=True)
