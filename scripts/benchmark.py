@@ -23,10 +23,14 @@ Report (Markdown and JSON, rewritten after every run):
   difference averaged over the seeds first, since the seeds of one case are not independent);
 - every run's figures and exact commands, and the machine.
 
+A run that fails, in training or in evaluation, does not stop the others: the report holds every run
+that finished, then lists each failure with its log, and the benchmark exits with status 1.
 A rerun with the same output skips the runs whose commands are unchanged and whose evaluation exists,
-so a cut-off benchmark continues; a cut-off run resumes from its last epoch (the bundle's `resume`),
-and its reported training time includes the part before the cut (kept in `<run>/benchmark_time.json`).
-While it runs, a line is printed per started and finished run, with the path of the run's live log.
+so a cut-off or partly failed benchmark retries only the failed and missing runs; a run whose training
+finished (same command, `model.pt` written) is only evaluated again; a cut-off run resumes from its
+last epoch (the bundle's `resume`), and its reported training time includes the part before the cut
+(kept in `<run>/benchmark_time.json`). While it runs, a line is printed per started, finished and
+failed step, with the path of the step's live log.
 
 Example (the MyoPS tables of bundle/docs/README.md):
     python scripts/prepare_datalist.py myops ../shared/data/myops --output /tmp/myops/datalist.json \
@@ -152,6 +156,47 @@ def commands(
     return train, evaluate
 
 
+class RunFailed(RuntimeError):
+    """A training or evaluation command of a run exited non-zero; ``log`` holds its output."""
+
+    def __init__(self, message: str, log: Path, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.log = log
+        self.returncode = returncode
+
+
+class BenchmarkFailures(RuntimeError):
+    """Some runs failed; the report holds those that finished. ``failures``: one dict per failed run."""
+
+    def __init__(self, failures: list[dict], finished: int, report: Path) -> None:
+        self.failures = failures
+        lines = [f"{len(failures)} of {len(failures) + finished} runs failed; the report {report} holds the "
+                 f"{finished} that finished. Run the same command again to retry the failed ones:"]
+        lines += [f"  {_failure_text(f)}" for f in failures]
+        super().__init__("\n".join(lines))
+
+
+def _failure_text(failure: dict) -> str:
+    return f"{failure['run']}: {failure['stage']} failed ({failure['reason']}); log: {failure['log']}"
+
+
+# one lock for every progress line: parallel jobs print whole lines, never parts of two on one line
+_PRINT_LOCK = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """Print ``line`` and its newline in one write (``print`` writes them separately, so two threads can
+    interleave ``a`` ``b`` ``\\n`` ``\\n``)."""
+    with _PRINT_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def _saved_times(run_dir: Path) -> dict:
+    path = run_dir / "benchmark_time.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 class _Timer:
     """Accumulated wall time of a run's training over attempts, saved every few seconds to
     ``<run>/benchmark_time.json`` so that a cut-off attempt still counts."""
@@ -164,17 +209,21 @@ class _Timer:
         self.attempts = int(saved.get(f"{key}_attempts", 0)) + 1
         self.start = time.perf_counter()
 
-    def save(self) -> float:
+    def save(self, **extra) -> float:
         total = self.before + time.perf_counter() - self.start
         saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        saved.update({self.key: round(total, 1), f"{self.key}_attempts": self.attempts})
+        saved.update({self.key: round(total, 1), f"{self.key}_attempts": self.attempts, **extra})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(json.dumps(saved).encode("utf-8"), self.path)
         return total
 
 
 def _run(cmd: list[str], what: str, log: Path, timer: _Timer) -> float:
-    """Run ``cmd`` with its output in ``log``; returns the accumulated seconds of ``timer``."""
+    """Run ``cmd`` with its output in ``log``; returns the accumulated seconds of ``timer``.
+
+    Raises:
+        RunFailed: ``cmd`` exited non-zero; the message ends with the tail of ``log``.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
     with open(log, "a", encoding="utf-8") as out:
@@ -187,7 +236,8 @@ def _run(cmd: list[str], what: str, log: Path, timer: _Timer) -> float:
     seconds = timer.save()
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}); log: {log}\n{shlex.join(cmd)}\n{tail}")
+        raise RunFailed(f"{what} failed (exit {proc.returncode}); log: {log}\n{shlex.join(cmd)}\n{tail}", log,
+                        proc.returncode)
     return seconds
 
 
@@ -312,13 +362,31 @@ def _machines(results: list[dict], info: dict | None) -> list[tuple[dict, list[s
 
 
 def write_report(results: list[dict], output: Path, title: str = "", baseline: str = "supervised",
-                 num_bootstrap: int = 10000, info: dict | None = None) -> str:
+                 num_bootstrap: int = 10000, info: dict | None = None, failures: Sequence[dict] = ()) -> str:
     """Markdown report (summary over seeds, paired differences, every run, commands) at ``output``,
-    and a ``.json`` beside it with every figure and command."""
-    if not results:
+    and a ``.json`` beside it with every figure and command; ``failures`` (runs that failed, see
+    :func:`run_benchmark`) are listed after the tables, each with its log."""
+    if not results and not failures:
         return ""
-    summary = summarise(results, baseline, num_bootstrap)
     lines = ([title, ""] if title else [])
+    if results:
+        lines += _result_lines(results, baseline, num_bootstrap, info)
+    if failures:
+        lines += ["", f"Failed runs ({len(failures)}; not in the tables above; the same command retries them):", ""]
+        lines += [f"- {_failure_text(f)}" for f in failures]
+    text = "\n".join(lines) + "\n"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    output.with_suffix(".json").write_text(json.dumps({
+        "summary": summarise(results, baseline, num_bootstrap) if results else [], "runs": results, "machine": info,
+        "baseline": baseline, "failures": list(failures)}, indent=2) + "\n")
+    return text
+
+
+def _result_lines(results: list[dict], baseline: str, num_bootstrap: int, info: dict | None) -> list[str]:
+    """The tables, machines and commands of :func:`write_report`."""
+    summary = summarise(results, baseline, num_bootstrap)
+    lines: list[str] = []
     lines += [f"Baseline for the paired differences and for '% of full': `{baseline}`.", ""]
     header = ["method", "labeled", "seeds", "Dice mean ± std", "HD95 (mm) mean ± std", "% of full supervision",
               f"Δ Dice vs {baseline} [95% CI]", "per-seed Δ", "pairs won", "train (s, mean)"]
@@ -359,12 +427,7 @@ def write_report(results: list[dict], output: Path, title: str = "", baseline: s
     for r in results:
         lines += [f"- {r['method']} @ {r['labeled_fraction']:.0%}, seed {r['seed']}:", "  ```",
                   f"  {r['train_command']}", f"  {r['eval_command']}", "  ```"]
-    text = "\n".join(lines) + "\n"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    output.with_suffix(".json").write_text(json.dumps({"summary": summary, "runs": results, "machine": info,
-                                                      "baseline": baseline}, indent=2) + "\n")
-    return text
+    return lines
 
 
 def _num_labeled(datalist: str, fraction: float) -> int:
@@ -403,6 +466,10 @@ def run_benchmark(
     **overrides,
 ) -> list[dict]:
     """Train and evaluate every requested run; returns every run's row (see the module docstring).
+
+    A run that fails (in training or evaluation) is reported and the others go on; at the end the
+    report holds every run that finished and lists the failures, and :class:`BenchmarkFailures` is
+    raised (``python scripts/benchmark.py`` prints it and exits with status 1).
 
     Args:
         datalist: datalist JSON with `training`, `unlabeled`, `validation` and `testing` lists
@@ -453,7 +520,14 @@ def run_benchmark(
     title = title or f"seeds {seed_list}; split seed {'= seed' if split_seed is None else split_seed}; datalist {datalist}"
     info = machine()
     plan = [(m, f, s) for m, f in pairs for s in seed_list]
+    prepared = []  # (split seed, run folder, commands) of every run: a config that does not exist stops here
+    for method, fraction, run_seed in plan:
+        split = run_seed if split_seed is None else int(split_seed)
+        run_dir = root / (f"{method}_{fraction:g}_seed{run_seed}" + ("" if split_seed is None else f"_split{split}"))
+        prepared.append((split, run_dir, commands(method, fraction, datalist, base, run_dir, run_seed, overrides,
+                                                  split_seed, test_datalist)))
     results: dict[int, dict] = {}
+    failures: dict[int, dict] = {}
     lock = threading.Lock()
 
     def report() -> None:
@@ -461,27 +535,49 @@ def run_benchmark(
             rows = [results[i] for i in sorted(results)]
             own = {(r["train_command"], r["eval_command"]) for r in rows}
             rows += [r for r in included if (r["train_command"], r["eval_command"]) not in own]
-            write_report(rows, out, title, baseline, num_bootstrap, info)
+            write_report(rows, out, title, baseline, num_bootstrap, info, [failures[i] for i in sorted(failures)])
 
     def one(index: int) -> None:
+        """One run; a failure is recorded (and reported) instead of stopping the other runs."""
         method, fraction, run_seed = plan[index]
         tag = f"[{index + 1}/{len(plan)}] {method} @ {fraction:.0%}, seed {run_seed}"
-        split = run_seed if split_seed is None else int(split_seed)
-        name = f"{method}_{fraction:g}_seed{run_seed}" + ("" if split_seed is None else f"_split{split}")
-        run_dir = root / name
-        train_cmd, eval_cmd = commands(method, fraction, datalist, base, run_dir, run_seed, overrides,
-                                       split_seed, test_datalist)
+        step = {"stage": "training", "log": prepared[index][1] / "train.log"}
+        try:
+            train_and_evaluate(index, tag, step)
+        except Exception as e:  # noqa: BLE001 - any failure of one run must leave the others running
+            reason = f"exit {e.returncode}" if isinstance(e, RunFailed) else f"{type(e).__name__}: {e}"
+            failure = {"run": tag.split("] ", 1)[-1], "method": method, "labeled_fraction": fraction,
+                       "seed": run_seed, "stage": step["stage"], "reason": reason.splitlines()[0],
+                       "log": str(step["log"])}
+            _say(f"{tag}: FAILED: {_failure_text(failure)}")
+            with lock:
+                failures[index] = failure
+            report()
+
+    def train_and_evaluate(index: int, tag: str, step: dict) -> None:
+        method, fraction, run_seed = plan[index]
+        split, run_dir, (train_cmd, eval_cmd) = prepared[index]
         key = (shlex.join(train_cmd), shlex.join(eval_cmd))
         test_dir = run_dir / ("test_external" if test_datalist else "test")
         if key in done and (test_dir / "metrics.json").is_file():
-            print(f"{tag}: already done, kept", flush=True)
+            _say(f"{tag}: already done, kept")
             with lock:
                 results[index] = done[key]
             return
-        print(f"{tag}: training; live log {run_dir / 'train.log'}", flush=True)
-        train_s = _run(train_cmd, f"training of {tag}", run_dir / "train.log", _Timer(run_dir, "train_s"))
-        eval_s = _run(eval_cmd, f"evaluation of {tag}", run_dir / "eval.log", _Timer(run_dir, "eval_s"))
+        step.update(stage="training", log=run_dir / "train.log")
+        saved = _saved_times(run_dir)
+        if saved.get("trained_command") == key[0] and (run_dir / "model.pt").is_file():
+            train_s = float(saved.get("train_s", 0.0))  # trained by an earlier attempt whose evaluation failed
+            _say(f"{tag}: training done before, kept")
+        else:
+            _say(f"{tag}: training; live log {step['log']}")
+            timer = _Timer(run_dir, "train_s")
+            train_s = _run(train_cmd, f"training of {tag}", step["log"], timer)
+            timer.save(trained_command=key[0])
         val = json.loads((run_dir / "metrics.json").read_text())
+        step.update(stage="evaluation", log=run_dir / "eval.log")
+        _say(f"{tag}: evaluating; live log {step['log']}")
+        eval_s = _run(eval_cmd, f"evaluation of {tag}", step["log"], _Timer(run_dir, "eval_s"))
         test = json.loads((test_dir / "metrics.json").read_text())
         row = {
             "method": method, "labeled_fraction": fraction, "num_labeled": _num_labeled(datalist, fraction),
@@ -490,8 +586,8 @@ def run_benchmark(
             "best_epoch": val["best_metric_epoch"], "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
             "train_command": key[0], "eval_command": key[1], "machine": info,
         }
-        print(f"{tag}: done, test mean Dice {row['test']['fused']['dice']['mean']:.4f} over {row['num_test_cases']} "
-              f"cases, HD95 {_fmt(row['test']['fused']['hd95']['mean'], 1)} mm; train {train_s:.0f} s", flush=True)
+        _say(f"{tag}: done, test mean Dice {row['test']['fused']['dice']['mean']:.4f} over {row['num_test_cases']} "
+             f"cases, HD95 {_fmt(row['test']['fused']['hd95']['mean'], 1)} mm; train {train_s:.0f} s")
         with lock:
             results[index] = row
         report()  # after every run: a cut-off benchmark keeps what it measured
@@ -505,12 +601,26 @@ def run_benchmark(
                 future.result()
     report()
     rows = [results[i] for i in sorted(results)]
-    print(out.read_text())
+    if out.is_file():
+        print(out.read_text(), flush=True)
+    if failures:
+        raise BenchmarkFailures([failures[i] for i in sorted(failures)], len(rows), out)
     return rows + [r for r in included if r not in rows]
 
 
-if __name__ == "__main__":
+def main(argv: Sequence[str]) -> int:
+    """The command line: 0 when every run finished, 1 when some failed (listed last, on stderr)."""
     # fire on run_benchmark itself, so that `--help` shows its arguments; nothing printed after the report.
     # A bare `--help` would make fire complain of the missing datalist (exit 2): ask for the help proper.
-    argv = ["--", "--help"] if any(a in ("-h", "--help") for a in sys.argv[1:]) else sys.argv[1:]
-    fire.Fire(run_benchmark, command=argv, serialize=lambda rows: None)
+    argv = ["--", "--help"] if any(a in ("-h", "--help") for a in argv) else list(argv)
+    try:
+        fire.Fire(run_benchmark, command=argv, serialize=lambda rows: None)
+    except BenchmarkFailures as e:
+        sys.stdout.flush()
+        print(f"\nERROR: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -152,6 +152,111 @@ def test_benchmark_trains_evaluates_and_skips_done_runs(tmp_path, capsys):
     assert merged == rows and "| supervised | 100% (4) | 0,1 |" in (tmp_path / "merged" / "m.md").read_text()
 
 
+# a stand-in for the bundle's commands: writes what a training / an evaluation writes, or fails when
+# its flag file exists; every call is logged in calls.txt
+_FAKE_BUNDLE = """
+import json, sys
+from pathlib import Path
+
+stage, run_dir, flag = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+with open(run_dir.parent / "calls.txt", "a") as f:
+    f.write(f"{stage} {run_dir.name}\\n")
+if flag.exists():
+    print(f"{stage} of {run_dir.name} failed on purpose")
+    sys.exit(3)
+if stage == "train":
+    (run_dir / "metrics.json").write_text(json.dumps({"best_metric": 0.5, "best_metric_epoch": 1}))
+    (run_dir / "model.pt").write_bytes(b"weights")
+else:
+    (run_dir / "test").mkdir(exist_ok=True)
+    summary = {h: {"dice": {"a": 0.6, "mean": 0.6, "undefined_values": 0}, "hd95": {"a": 3.0, "mean": 3.0}}
+               for h in ("fused",)}
+    (run_dir / "test" / "metrics.json").write_text(json.dumps(
+        {"summary": summary, "num_cases": 1, "cases": [{"case": "c1", "fused": {"dice": {"mean": 0.6}}}]}))
+"""
+
+
+@pytest.fixture
+def fake_bundle(tmp_path, monkeypatch):
+    """bench.commands replaced by the stand-in; returns (datalist, flags folder, calls file)."""
+    script = tmp_path / "fake_bundle.py"
+    script.write_text(_FAKE_BUNDLE)
+    flags = tmp_path / "flags"
+    flags.mkdir()
+
+    def commands(method, fraction, datalist, base_configs, run_dir, seed, overrides, split_seed=None,
+                 test_datalist=None):
+        return tuple([sys.executable, str(script), stage, str(run_dir), str(flags / f"{stage}_{method}_{seed}")]
+                     for stage in ("train", "eval"))
+
+    monkeypatch.setattr(bench, "commands", commands)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"case": "t1"}, {"case": "t2"}]}))
+    return datalist, flags, tmp_path / "bench" / "calls.txt"
+
+
+def test_failed_runs_leave_the_others_reported_and_a_rerun_retries_only_them(fake_bundle, tmp_path, capsys):
+    """Issue 24: one run failing in training and one in evaluation; the third is reported, each
+    failure is listed with its log, the exit status is 1, and a rerun retries only the failed steps."""
+    datalist, flags, calls = fake_bundle
+    (flags / "train_a_0").touch()
+    (flags / "eval_b_0").touch()
+    output = tmp_path / "bench" / "b.md"
+    args = ["--datalist", str(datalist), "--methods", "[a,b,c]", "--fractions", "[0.5]", "--seeds", "[0]",
+            "--baseline", "c", "--jobs", "2", "--output", str(output), "--num_bootstrap", "10"]
+    assert bench.main(args) == 1
+    captured = capsys.readouterr()
+    text = output.read_text()
+    assert "| c | 50% (1) | 0 |" in text and "| a |" not in text and "| b |" not in text
+    train_log, eval_log = tmp_path / "bench" / "a_0.5_seed0" / "train.log", tmp_path / "bench" / "b_0.5_seed0" / "eval.log"
+    assert f"- a @ 50%, seed 0: training failed (exit 3); log: {train_log}" in text
+    assert f"- b @ 50%, seed 0: evaluation failed (exit 3); log: {eval_log}" in text
+    assert "train of a_0.5_seed0 failed on purpose" in train_log.read_text()
+    assert captured.err.rstrip().splitlines()[-3:] == [
+        f"ERROR: 2 of 3 runs failed; the report {output} holds the 1 that finished. Run the same command again to "
+        "retry the failed ones:",
+        f"  a @ 50%, seed 0: training failed (exit 3); log: {train_log}",
+        f"  b @ 50%, seed 0: evaluation failed (exit 3); log: {eval_log}",
+    ]
+    saved = json.loads(output.with_suffix(".json").read_text())
+    assert [r["method"] for r in saved["runs"]] == ["c"] and [f["method"] for f in saved["failures"]] == ["a", "b"]
+    assert sorted(calls.read_text().splitlines()) == sorted(
+        ["train a_0.5_seed0", "train b_0.5_seed0", "eval b_0.5_seed0", "train c_0.5_seed0", "eval c_0.5_seed0"])
+    # fixed: the rerun trains a, evaluates b (its training finished) and keeps c
+    for flag in flags.iterdir():
+        flag.unlink()
+    calls.unlink()
+    rows = bench.run_benchmark(str(datalist), methods=["a", "b", "c"], fractions=[0.5], seeds=[0], baseline="c",
+                               jobs=2, output=str(output), num_bootstrap=10)
+    assert [r["method"] for r in rows] == ["a", "b", "c"]
+    assert sorted(calls.read_text().splitlines()) == ["eval a_0.5_seed0", "eval b_0.5_seed0", "train a_0.5_seed0"]
+    out = capsys.readouterr().out
+    assert "b @ 50%, seed 0: training done before, kept" in out and "c @ 50%, seed 0: already done, kept" in out
+    assert "Failed runs" not in output.read_text() and json.loads(output.with_suffix(".json").read_text())["failures"] == []
+
+
+def test_progress_lines_of_parallel_runs_are_whole_lines(fake_bundle, tmp_path, monkeypatch):
+    """Issue 24: two jobs starting together printed `... live log X[2/2] ... live log Y` on one line:
+    every progress line is written whole, with its newline."""
+    datalist, _, _ = fake_bundle
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+            return len(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    bench.run_benchmark(str(datalist), methods=["a", "b"], fractions=[0.5], seeds=[0, 1], baseline="a", jobs=2,
+                        output=str(tmp_path / "bench" / "b.md"), num_bootstrap=10)
+    progress = [w for w in writes if "training; live log" in w or "done, test mean Dice" in w]
+    assert len(progress) == 2 * 4  # training, done: for each of 4 runs
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in progress), progress
+
+
 def test_thread_benchmark_reports_every_setting(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_threads", REPO_ROOT / "scripts" / "bench_threads.py")
     threads = importlib.util.module_from_spec(spec)
