@@ -628,8 +628,6 @@ def labeled_cases(datalist: Mapping[str, Sequence[dict]], split: str) -> list[di
         )
     unlabeled = [c.get("case", "?") for c in cases if not isinstance(c.get("label"), str)]
     if unlabeled:
-        raise DatalistError([
-            f"split {str(split)!r}: evaluation needs one label file per case; missing or per-modality labels in "
-            f"cases {unlabeled}"
-        ])
+        problem = f"split {str(split)!r}: evaluation needs one label file per case; missing or per-modality labels in "
+        raise DatalistError([problem + f"cases {unlabeled}"])
     return cases

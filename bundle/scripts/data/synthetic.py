@@ -335,7 +335,9 @@ def _existing_dataset_matches(out_dir: str, params: dict[str, Any]) -> bool:
     if not os.path.lexists(out_dir):
         return False
     if not os.path.isdir(out_dir):
-        raise OverwriteRefusedError(f"synthetic dataset folder {out_dir} exists and is not a folder; use another output_dir.")
+        raise OverwriteRefusedError(
+            f"synthetic dataset folder {out_dir} exists and is not a folder; use another output_dir."
+        )
     if not os.listdir(out_dir):
         return False
     advice = "Delete the folder to regenerate the dataset, or choose another output folder."
