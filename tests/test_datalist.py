@@ -204,6 +204,27 @@ def test_all_problems_in_one_error(tmp_path):
     assert len(info.value.problems) == len(expected) == len(lines) - 1
 
 
+def test_a_testing_only_datalist_is_read_for_evaluation(tmp_path):
+    """Issue 24: an external test set (`prepare_datalist.py ... --num_validation 0`) holds `testing` alone."""
+    from scripts.data.datalist import labeled_cases
+    from scripts.errors import InputError
+
+    path = _write(tmp_path / "external.json", {"modalities": MODALITIES, "testing": [_per_modality_case(tmp_path, "p1")]})
+    with pytest.raises(DatalistError, match="split 'training': no cases; at least one labeled training case"):
+        load_datalist(path)  # training needs its cases
+    data = load_datalist(path, require_training=False, labeled_fraction=0.5)  # as evaluate.yaml reads it
+    assert _ids(data["testing"]) == ["p1"] and data["training"] == [] and data["unlabeled"] == []
+    assert _ids(labeled_cases(data, "testing")) == ["p1"]
+    with pytest.raises(DatalistError, match=r"split 'validation': no cases to evaluate \(splits with cases: \['testing'\]\)"):
+        labeled_cases(data, "validation")
+    with pytest.raises(InputError, match="eval_split 'test' is not a datalist split"):
+        labeled_cases(data, "test")
+    unlabeled = load_datalist(_write(tmp_path / "u.json", {"modalities": MODALITIES, "testing": [
+        _per_modality_case(tmp_path, "p2", label=False)]}), require_training=False)
+    with pytest.raises(DatalistError, match=r"split 'testing': evaluation needs one label file per case; .* \['p2'\]"):
+        labeled_cases(unlabeled, "testing")
+
+
 def test_empty_training_and_shared_files(tmp_path):
     case = _per_modality_case(tmp_path, "p1")
     with pytest.raises(DatalistError, match="split 'training': no cases"):

@@ -259,9 +259,9 @@ def resolve_datalist(
         options = dict(synthetic or {})
         clashes = sorted(set(options) & {"output_dir", "spatial_dims", "modalities"})
         if clashes:
-            raise ValueError(
-                f"synthetic options {clashes} are set by resolve_datalist's own arguments "
-                "(synthetic_dir, spatial_dims, modalities); remove them from `synthetic`."
+            raise InputError(
+                f"--synthetic options {clashes} are set by their own ids (--synthetic_dir, --spatial_dims, "
+                "--modalities); remove them from --synthetic."
             )
         datalist_path = generate_synthetic_dataset(
             synthetic_dir, spatial_dims=spatial_dims, modalities=modalities, **options
