@@ -3,7 +3,10 @@
 The bundle's own errors, how a ``monai.bundle run`` reports them, and its one boolean parser.
 
 Every error the bundle raises about the user's input (datalist, case files, output folders, flags,
-resume conflicts, non-finite loss, failed inference cases) derives from :class:`BundleError`.
+resume conflicts, checkpoint files, non-finite loss, failed inference cases, the settings and files a
+run is given: :class:`InputError`, :class:`InputNotFoundError`, :class:`OverwriteRefusedError`)
+derives from :class:`BundleError`; the last three also derive from the built-in error they stand for
+(``ValueError``, ``FileNotFoundError``, ``FileExistsError``).
 MONAI wraps errors of a component in ``RuntimeError: Failed to instantiate component ...``, so a
 failing run ends in a long traceback whose last line hides the real message. :func:`install_error_hook`
 (first entry of the configs' ``run``) replaces ``sys.excepthook``: when the cause chain of an uncaught
