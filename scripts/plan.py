@@ -62,5 +62,15 @@ def main(datalist: str, output: str | None = None, device: str | None = None, mo
     return output
 
 
+def cli() -> int:
+    """fire's entry point; a bad datalist or option ends with its message printed last and status 1."""
+    try:
+        fire.Fire(main)
+    except (OSError, ValueError) as e:  # the bundle's DatalistError is a ValueError
+        print(f"plan.py: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    fire.Fire(main)
+    sys.exit(cli())

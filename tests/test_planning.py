@@ -325,3 +325,17 @@ def test_label_geometry_from_a_hand_made_label(tmp_path):
     assert geo["fg_slice_share"] == [pytest.approx(5 / 20), pytest.approx(4 / 10), pytest.approx(2 / 4)]
     assert geo["class_share"] == {"1": pytest.approx(5 / 800), "2": pytest.approx(4 / 800)}
     assert geo["largest_component_share"] == {"1": pytest.approx(4 / 5), "2": 1.0}
+
+
+def test_plan_tool_reports_a_bad_datalist_last(tmp_path):
+    import subprocess
+
+    missing = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "plan.py"), str(tmp_path / "nope.json"),
+                              "--output", str(tmp_path / "plan.yaml")], capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == f"plan.py: datalist file not found: {tmp_path / 'nope.json'}"
+    (tmp_path / "d.json").write_text(json.dumps({"training": []}))
+    bad = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "plan.py"), str(tmp_path / "d.json"),
+                          "--output", str(tmp_path / "plan.yaml")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "no modalities" in bad.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "plan.yaml").exists()

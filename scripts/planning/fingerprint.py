@@ -120,6 +120,8 @@ def dataset_fingerprint(datalist_file: str, modalities: Sequence[str] | None = N
         sys.path.insert(0, str(bundle))
     from scripts.data.datalist import load_datalist
 
+    if not os.path.isfile(datalist_file):
+        raise FileNotFoundError(f"datalist file not found: {datalist_file}")
     with open(datalist_file) as f:
         declared = json.load(f).get("modalities")
     names = list(modalities or declared or [])
