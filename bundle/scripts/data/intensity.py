@@ -36,7 +36,9 @@ SCHEMES = {"zscore": ("lower", "upper"), "window": ("low", "high", "mean", "std"
 def _check_scheme(index: int, spec: Mapping[str, Any]) -> dict[str, Any]:
     name = spec.get("scheme") if isinstance(spec, Mapping) else None
     if name not in SCHEMES:
-        raise ValueError(f"intensity scheme of modality {index}: 'scheme' must be one of {sorted(SCHEMES)}, got {spec!r}.")
+        raise ValueError(
+            f"intensity scheme of modality {index}: 'scheme' must be one of {sorted(SCHEMES)}, got {spec!r}."
+        )
     missing = [k for k in SCHEMES[name] if k not in spec]
     if missing:
         raise ValueError(f"intensity scheme of modality {index} ({name}) lacks {missing}: {spec!r}.")
@@ -58,7 +60,9 @@ class ModalityIntensityd(MapTransform):
         allow_missing_keys: don't raise for a missing key.
     """
 
-    def __init__(self, keys: KeysCollection, schemes: Sequence[Mapping[str, Any]], allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, schemes: Sequence[Mapping[str, Any]], allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         if not schemes:
             raise ValueError("ModalityIntensityd needs one scheme per modality, got none.")

@@ -80,7 +80,10 @@ class SliceAxisLastd(MapTransform, InvertibleTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, min_ratio: float = 1.5, thin_ratio: float | None = None,
+        self,
+        keys: KeysCollection,
+        min_ratio: float = 1.5,
+        thin_ratio: float | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
