@@ -296,7 +296,8 @@ def test_inference_input_errors_are_printed_last(tiny_model, tmp_path):
     proc = _run_expect_failure(_infer_args(tiny_model, tmp_path / "seg", "--image", files))
     assert proc.stderr.rstrip().splitlines()[-1] == (
         "ERROR: InputError: --image: got 2 files for 3 modalities (t1, t2, flair); give one file per modality in "
-        "that order, or one multi-channel file."
+        "that order, one multi-channel file, or {modality: file} for the sequences you have, e.g. "
+        "\"{'flair': 'case.nii.gz'}\"."
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     # evaluation alike: a split without cases
@@ -506,7 +507,19 @@ def test_inference_cases_sources(tmp_path):
         inference_cases(MODALITIES, dataset_dir=str(tmp_path))
     (tmp_path / "datalist.json").write_text(json.dumps({"testing": [{"case": "a", "image": "a.nii.gz"}]}))
     cases = inference_cases(MODALITIES, dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
-    assert cases == [{"case": "a", "image": str(tmp_path / "a.nii.gz"), "input_files": [str(tmp_path / "a.nii.gz")]}]
+    a = str(tmp_path / "a.nii.gz")
+    assert cases == [{"case": "a", "image": a, "input_files": [a], "sequences": "t1+t2+flair"}]
+    # issue 23: the sequences one has, by name or as nulls of a list; none, or unknown names, refused
+    for image in ({"flair": a}, [None, None, a]):
+        cases = inference_cases(MODALITIES, image=image)
+        assert cases[0]["image"] == [None, None, a] and cases[0]["sequences"] == "flair", image
+        assert cases[0]["input_files"] == [a]
+    with pytest.raises(ValueError, match="no file for modalities \\['t1', 't2'\\]"):
+        inference_cases(MODALITIES, image={"flair": a}, allow_missing_modalities="false")
+    with pytest.raises(ValueError, match="unknown modalities \\['dwi'\\]"):
+        inference_cases(MODALITIES, image={"dwi": a})
+    with pytest.raises(ValueError, match="no file given"):
+        inference_cases(MODALITIES, image=[None, None, None])
     with pytest.raises(FileExistsError, match="refusing"):
         inference_cases(MODALITIES, dataset_dir=str(tmp_path), output_dir=str(tmp_path), output_postfix="", )
 

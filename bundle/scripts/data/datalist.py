@@ -98,6 +98,7 @@ def load_datalist(
     require_validation: bool = False,
     defer_missing_files: bool = False,
     require_training: bool = True,
+    allow_missing_modalities: bool = False,
 ) -> dict[str, list[dict]]:
     """
     Read, validate and normalise a datalist.
@@ -144,6 +145,10 @@ def load_datalist(
         defer_missing_files: when missing files are the only problems, return the datalist (a
             :class:`Datalist`) with them in ``file_problems`` instead of raising, so that
             ``check_datalist_cases`` reports them together with the problems of every other file.
+        allow_missing_modalities: a case may lack modalities (a per-modality key absent or null, or a
+            null entry of an ``"image"`` list): its ``image`` list holds ``None`` for each missing one
+            (at least one must be given, and the label must be a single file). False: each missing
+            key is a problem, named with the option that allows it.
 
     Unknown top-level keys that look like a misspelled split (``"validaton"``) or hold a list of
     cases are problems; other keys (``name``, ``description``, ...) are ignored. When both
@@ -193,7 +198,7 @@ def load_datalist(
             problems.append(f"split {str(split)!r}: must be a list of cases, got {type(raw_cases).__name__}")
             raw_cases = []
         result[split] = [
-            normalise_case(raw, split, position, names, base_dir, check_files, problems, order)
+            normalise_case(raw, split, position, names, base_dir, check_files, problems, order, allow_missing_modalities)
             for position, raw in enumerate(raw_cases)
         ]
     if require_training and not content.get("training"):
@@ -227,6 +232,7 @@ def resolve_datalist(
     require_validation: bool = False,
     defer_missing_files: bool = False,
     require_training: bool = True,
+    allow_missing_modalities: bool = False,
 ) -> dict[str, list[dict]]:
     """
     Datalist of a run: the user's dataset when one is given, else the embedded synthetic dataset.
@@ -250,7 +256,8 @@ def resolve_datalist(
         split_seed: seed of the labeled/unlabeled selection.
         synthetic: further keyword arguments of ``generate_synthetic_dataset`` (``image_size``,
             ``num_training``, ``misalignment_mm``, ``seed``, ...).
-        require_validation, defer_missing_files, require_training: see :func:`load_datalist`.
+        require_validation, defer_missing_files, require_training, allow_missing_modalities: see
+            :func:`load_datalist`.
 
     Returns:
         the normalised datalist, as :func:`load_datalist` returns it.
@@ -274,6 +281,7 @@ def resolve_datalist(
             require_validation=require_validation,
             defer_missing_files=defer_missing_files,
             require_training=require_training,
+            allow_missing_modalities=allow_missing_modalities,
         )
     if datalist_file:
         datalist_path = os.path.abspath(os.path.expanduser(os.fspath(datalist_file)))
@@ -288,6 +296,7 @@ def resolve_datalist(
         require_validation=require_validation,
         defer_missing_files=defer_missing_files,
         require_training=require_training,
+        allow_missing_modalities=allow_missing_modalities,
     )
 
 
@@ -392,14 +401,18 @@ def normalise_case(
     check_files: bool,
     problems: list[str],
     list_order: tuple[list[str], list[int] | None] | None = None,
+    allow_missing_modalities: bool = False,
 ) -> dict[str, Any]:
     """Normalise one case (see :func:`load_datalist`), appending its problems to ``problems``.
-    ``list_order``: see :func:`list_order` (lists of paths follow the datalist's own modalities)."""
+    ``list_order``: see :func:`list_order` (lists of paths follow the datalist's own modalities).
+    ``allow_missing_modalities``: a modality key that is absent or null (or a null entry of an
+    ``"image"`` list) gives a ``None`` path for that modality instead of a problem."""
     if not isinstance(raw, dict):
         problems.append(f"{split} case #{position}: expected a JSON object, got {type(raw).__name__}")
         return {"case": f"#{position}"}
     image = raw.get("image")
-    present = [m for m in modalities if m in raw]
+    present = [m for m in modalities if m in raw and raw[m] is not None]
+    named = [m for m in modalities if m in raw]
 
     # case id first, so that every message can name it
     case_id = raw.get("case")
@@ -439,9 +452,20 @@ def normalise_case(
             return None
         return [paths[i] for i in index]
 
+    missing_hint = "" if allow_missing_modalities else "; a case may lack sequences with --allow_missing_modalities true"
+
+    def resolve_image(p: Any, key: str) -> str | None:
+        """One modality's path, or None for a missing one (when allowed)."""
+        if p is None and allow_missing_modalities:
+            return None
+        if p is None:
+            problems.append(f"{where}: key {key!r}: null ({expected}{missing_hint})")
+            return None
+        return _resolve_path(p, base_dir, check_files, where, key, problems)
+
     if image is not None:
-        if present:
-            problems.append(f"{where}: key 'image': given together with per-modality keys {present}; use one form only")
+        if named:
+            problems.append(f"{where}: key 'image': given together with per-modality keys {named}; use one form only")
         if isinstance(image, str):
             case["image"] = _resolve_path(image, base_dir, check_files, where, "image", problems)
             if list_order is not None:
@@ -454,28 +478,31 @@ def normalise_case(
             ordered = reorder(image, "image")
             if ordered is not None:
                 case["image"] = [
-                    _resolve_path(p, base_dir, check_files, where, f"image[{list_order[0].index(m)}]", problems)
-                    for p, m in zip(ordered, modalities, strict=False)
+                    resolve_image(p, f"image[{list_order[0].index(m)}]") for p, m in zip(ordered, modalities, strict=False)
                 ]
         elif isinstance(image, list):
             if len(image) != len(modalities):
                 problems.append(
                     f"{where}: key 'image': expected {len(modalities)} paths ({expected}), got {len(image)}"
                 )
-            case["image"] = [
-                _resolve_path(p, base_dir, check_files, where, f"image[{i}]", problems) for i, p in enumerate(image)
-            ]
+            case["image"] = [resolve_image(p, f"image[{i}]") for i, p in enumerate(image)]
         else:
             problems.append(f"{where}: key 'image': expected a path or a list of paths, got {type(image).__name__}")
     elif present:
-        for m in modalities:
-            if m not in raw:
-                problems.append(f"{where}: key {str(m)!r}: missing ({expected})")
-        case["image"] = [
-            _resolve_path(raw[m], base_dir, check_files, where, m, problems) for m in modalities if m in raw
-        ]
+        if allow_missing_modalities:
+            case["image"] = [resolve_image(raw.get(m), m) for m in modalities]
+        else:
+            for m in modalities:
+                if raw.get(m) is None:
+                    state = "null" if m in raw else "missing"
+                    problems.append(f"{where}: key {str(m)!r}: {state} ({expected}{missing_hint})")
+            case["image"] = [
+                _resolve_path(raw[m], base_dir, check_files, where, m, problems) for m in modalities if m in present
+            ]
     else:
         problems.append(f"{where}: key 'image': no images (give 'image' or one key per modality: {expected})")
+    if isinstance(case.get("image"), list) and case["image"] and all(p is None for p in case["image"]):
+        problems.append(f"{where}: key 'image': every modality is missing; a case needs at least one ({expected})")
 
     label = raw.get("label")
     if split == "unlabeled":
@@ -485,6 +512,11 @@ def normalise_case(
             problems.append(f"{where}: key 'label': missing (every {split} case needs a label)")
     elif isinstance(label, str):
         case["label"] = _resolve_path(label, base_dir, check_files, where, "label", problems)
+    elif not isinstance(label, str) and isinstance(case.get("image"), list) and None in case["image"]:
+        problems.append(
+            f"{where}: key 'label': a case with missing modalities needs one label on the grid shared by its "
+            "sequences (per-modality labels are not supported with missing sequences)"
+        )
     elif isinstance(label, dict):
         for m in modalities:
             if m not in label:

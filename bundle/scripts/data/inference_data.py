@@ -5,8 +5,8 @@ The cases of an inference run (``configs/inference.yaml``), from whichever sourc
 Sources, first match wins:
 
 1. ``image``: one case from the command line: a list of per-modality files
-   (``--image "['a_t1.nii.gz','a_t2.nii.gz','a_flair.nii.gz']"``) or ONE multi-channel file
-   (``--image a.nii.gz``).
+   (``--image "['a_t1.nii.gz','a_t2.nii.gz','a_flair.nii.gz']"``), ONE multi-channel file
+   (``--image a.nii.gz``), or the sequences one has, by name (``--image "{'flair': 'a_flair.nii.gz'}"``).
 2. ``datalist_file``, or ``dataset_dir`` holding a ``datalist.json``: the cases of ``data_split``
    (default ``testing``), in any form the training datalist accepts (one key per modality,
    ``"image": [...]`` or ``"image": "multi-channel file"``). Unlike training, no ``training``
@@ -24,16 +24,20 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import InputError, InputNotFoundError, OverwriteRefusedError
+from ..errors import InputError, InputNotFoundError, OverwriteRefusedError, as_bool
 from .datalist import DatalistError, derive_case_id, list_order, normalise_case
+from .missing_modalities import missing_modalities
 from .synthetic import generate_synthetic_dataset
 from .transforms import input_files_of, safe_name
 
 __all__ = ["inference_cases", "segmentation_path"]
+
+logger = logging.getLogger(__name__)
 
 
 def segmentation_path(output_dir: str, case_id: str, output_postfix: str = "seg", output_ext: str = ".nii.gz") -> str:
@@ -47,22 +51,38 @@ def _abspath(path: Any) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
-def _cases_from_image(image: Any, modalities: Sequence[str]) -> list[dict[str, Any]]:
+def _cases_from_image(image: Any, modalities: Sequence[str], allow_missing: bool = True) -> list[dict[str, Any]]:
     if isinstance(image, (str, os.PathLike)):
         path = _abspath(image)
         return [{"case": derive_case_id(path, modalities[0], per_modality=False) or "case", "image": path}]
-    if isinstance(image, Sequence) and image and all(isinstance(p, (str, os.PathLike)) for p in image):
-        paths = [_abspath(p) for p in image]
-        if len(paths) != len(modalities):
+    hint = "" if allow_missing else " (a case lacking sequences needs --allow_missing_modalities true)"
+    if isinstance(image, Mapping):  # {modality: path}: the sequences that were acquired
+        unknown = [str(k) for k in image if k not in modalities]
+        if unknown:
+            raise InputError(f"--image: unknown modalities {unknown}; the network reads {', '.join(modalities)}.")
+        image = [image.get(m) for m in modalities]
+    if isinstance(image, Sequence) and image and all(p is None or isinstance(p, (str, os.PathLike)) for p in image):
+        if len(image) != len(modalities):
             raise InputError(
-                f"--image: got {len(paths)} files for {len(modalities)} modalities ({', '.join(modalities)}); "
-                "give one file per modality in that order, or one multi-channel file."
+                f"--image: got {len(image)} files for {len(modalities)} modalities ({', '.join(modalities)}); "
+                "give one file per modality in that order, one multi-channel file, or "
+                f"{{modality: file}} for the sequences you have, e.g. \"{{'{modalities[-1]}': 'case.nii.gz'}}\"."
             )
-        return [{"case": derive_case_id(paths[0], modalities[0], per_modality=True) or "case", "image": paths}]
-    raise InputError(f"--image: expected a file path or a list of file paths, got {image!r}.")
+        missing = missing_modalities(image, modalities)
+        if len(missing) == len(modalities):
+            raise InputError("--image: no file given; a case needs at least one sequence.")
+        if missing and not allow_missing:
+            raise InputError(f"--image: no file for modalities {missing}{hint}.")
+        paths = [None if p is None else _abspath(p) for p in image]
+        first = next(i for i, p in enumerate(paths) if p is not None)
+        case_id = derive_case_id(paths[first], modalities[first], per_modality=True) or "case"
+        return [{"case": case_id, "image": paths}]
+    raise InputError(f"--image: expected a file path, a list of file paths or {{modality: path}}, got {image!r}.")
 
 
-def _cases_from_datalist(datalist_file: str, dataset_dir: str | None, data_split: str, modalities: Sequence[str]):
+def _cases_from_datalist(
+    datalist_file: str, dataset_dir: str | None, data_split: str, modalities: Sequence[str], allow_missing: bool = True
+):
     with open(datalist_file, encoding="utf-8") as f:
         try:
             content = json.load(f)
@@ -88,6 +108,7 @@ def _cases_from_datalist(datalist_file: str, dataset_dir: str | None, data_split
             False,
             problems,
             order,
+            allow_missing,
         )
         for i, c in enumerate(raw)
     ]
@@ -108,6 +129,7 @@ def inference_cases(
     output_dir: str | None = None,
     output_postfix: str = "seg",
     output_ext: str = ".nii.gz",
+    allow_missing_modalities: Any = True,
 ) -> list[dict[str, Any]]:
     """
     The cases to segment (see the module docstring for the sources and their order).
@@ -123,9 +145,13 @@ def inference_cases(
         spatial_dims: dimensionality of the synthetic dataset.
         output_dir, output_postfix, output_ext: where the segmentations go; when ``output_dir`` is
             given, a segmentation path equal to any input file raises ``OverwriteRefusedError``.
+        allow_missing_modalities: a case may lack sequences (``--image "{'flair': 'a.nii.gz'}"``, a
+            ``null`` in an ``--image`` list, a datalist case without a modality key): its missing
+            sequences are ``None`` in ``image`` and read as zeros (``scripts.data.missing_modalities``).
 
     Returns:
-        ``[{"case": id, "image": path or [paths], "input_files": [paths]}, ...]``.
+        ``[{"case": id, "image": path or [paths or None], "input_files": [paths], "sequences": "a+b"}, ...]``,
+        ``sequences`` naming the sequences the case is segmented from (all for a multi-channel file).
 
     Raises:
         InputError, InputNotFoundError, OverwriteRefusedError, DatalistError: bundle errors (a
@@ -133,8 +159,9 @@ def inference_cases(
         file, so that a ``monai.bundle run`` ends with the message alone (``scripts.errors``).
     """
     modalities = list(modalities)
-    if image not in (None, "", []):
-        cases = _cases_from_image(image, modalities)
+    allow_missing = as_bool(allow_missing_modalities, "allow_missing_modalities")
+    if image not in (None, "", [], {}):
+        cases = _cases_from_image(image, modalities, allow_missing)
     else:
         datalist_path = None
         if datalist_file:
@@ -144,7 +171,7 @@ def inference_cases(
         if datalist_path:
             if not os.path.isfile(datalist_path):
                 raise InputNotFoundError(f"datalist file not found: {datalist_path}")
-            cases = _cases_from_datalist(datalist_path, dataset_dir, data_split, modalities)
+            cases = _cases_from_datalist(datalist_path, dataset_dir, data_split, modalities, allow_missing)
         elif dataset_dir:
             if not image_pattern:
                 raise InputError(
@@ -159,7 +186,7 @@ def inference_cases(
             if not synthetic_dir:
                 raise InputError("no input: give --image, --dataset_dir or --datalist_file.")
             datalist_path = generate_synthetic_dataset(synthetic_dir, spatial_dims=spatial_dims, modalities=modalities)
-            cases = _cases_from_datalist(datalist_path, None, data_split, modalities)
+            cases = _cases_from_datalist(datalist_path, None, data_split, modalities, allow_missing)
 
     result = []
     seen: set[str] = set()
@@ -171,7 +198,11 @@ def inference_cases(
                 f"case id {str(case_id)!r} appears twice: the two segmentations would overwrite each other."
             )
         seen.add(case_id)
-        result.append({"case": case_id, "image": case["image"], "input_files": files})
+        missing = missing_modalities(case["image"], modalities)
+        if missing:
+            logger.warning(f"case {case_id!r}: no {', '.join(missing)}; segmented from the other sequences")
+        used = "+".join(m for m in modalities if m not in missing)
+        result.append({"case": case_id, "image": case["image"], "input_files": files, "sequences": used})
     if output_dir:
         inputs = {os.path.realpath(p): p for c in result for p in c["input_files"]}
         for c in result:

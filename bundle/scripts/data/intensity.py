@@ -89,5 +89,14 @@ class ModalityIntensityd(MapTransform):
                     "intensity schemes were given (one per modality)."
                 )
             # a MetaTensor keeps its metadata through the channel slices and torch.cat
-            d[key] = torch.cat([step(img[c : c + 1].float()) for c, step in enumerate(self._steps)], dim=0)
+            d[key] = torch.cat([self._normalise(step, img[c : c + 1].float()) for c, step in enumerate(self._steps)])
         return d
+
+    @staticmethod
+    def _normalise(step, channel: torch.Tensor) -> torch.Tensor:
+        """``step(channel)``, except that a constant channel (a missing sequence, filled with zeros by
+        ``scripts.data.missing_modalities``) becomes zero whatever the scheme: a window would move it
+        to ``(low - mean) / std``, and zero is what the networks read as absent."""
+        if channel.numel() and bool(channel.max() == channel.min()):
+            return channel * 0.0
+        return step(channel)

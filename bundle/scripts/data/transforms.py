@@ -10,6 +10,7 @@ Dictionary transforms of the inference and evaluation configs.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -172,13 +173,26 @@ class SaveSegmentationd(SaveImaged):
     writes the result itself. All other arguments are those of ``SaveImaged``; NIfTI files written
     with ``resample=False`` use :class:`NiftiNoResampleWriter` unless ``writer`` is given.
 
+    - When the data has ``sequences_key`` (``"t1+flair"``: the sequences the case was segmented from,
+      see :func:`scripts.data.inference_data.inference_cases`) and they are fewer than ``modalities``,
+      a JSON file beside the label map (``<case>_<output_postfix>.json``) records them and the
+      trained sequences that were missing.
+
     Args:
         case_key: key of the case id in the data dictionary.
         files_key: key of the case's input file paths (a path or a list of paths), if any.
+        sequences_key: key of the sequences used, if any.
+        modalities: the sequences the network was trained on (named as missing in the JSON file).
     """
 
     def __init__(
-        self, keys: KeysCollection, case_key: str = "case", files_key: str | None = "input_files", **kwargs: Any
+        self,
+        keys: KeysCollection,
+        case_key: str = "case",
+        files_key: str | None = "input_files",
+        sequences_key: str | None = "sequences",
+        modalities: Sequence[str] | None = None,
+        **kwargs: Any,
     ):
         ext = str(kwargs.get("output_ext", ".nii.gz")).lower()
         if not kwargs.get("resample", True) and kwargs.get("writer") is None and ext.endswith((".nii", ".nii.gz")):
@@ -186,11 +200,14 @@ class SaveSegmentationd(SaveImaged):
         super().__init__(keys, **kwargs)
         self.case_key = case_key
         self.files_key = files_key
+        self.sequences_key = sequences_key
+        self.modalities = [str(m) for m in modalities] if modalities else None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         case_id = d.get(self.case_key)
         inputs: list[str] = input_files_of(d.get(self.files_key)) if self.files_key else []
+        target: str | None = None
         for key in self.key_iterator(d):
             img = d[key]
             if not isinstance(img, MetaTensor):
@@ -207,4 +224,23 @@ class SaveSegmentationd(SaveImaged):
                     f"case {str(case_id)!r}: refusing to write the segmentation to {target}: it is an input file "
                     f"({clash[0]}); choose another output_dir or output_postfix."
                 )
-        return super().__call__(d)
+        out = super().__call__(d)
+        used = d.get(self.sequences_key) if self.sequences_key else None
+        if isinstance(used, str) and isinstance(case_id, str) and case_id and target:
+            names = used.split("+") if used else []
+            if self.modalities is None or set(self.modalities) - set(names):  # segmented without some sequence
+                self._write_sequences(target, case_id, names)
+        return out
+
+    def _write_sequences(self, segmentation: str, case_id: str, used: list[str]) -> None:
+        """``<segmentation without its extension>.json``: the sequences used and those missing."""
+        stem = segmentation
+        for ext in (".nii.gz", ".nii", os.path.splitext(segmentation)[1]):
+            if ext and stem.endswith(ext):
+                stem = stem[: -len(ext)]
+                break
+        record = {"case": case_id, "segmentation": segmentation, "sequences_used": used}
+        if self.modalities:
+            record["sequences_missing"] = [m for m in self.modalities if m not in used]
+        with open(stem + ".json", "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)

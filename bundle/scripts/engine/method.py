@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..networks.modality_presence import modality_presence, present_heads_mean
 from ..networks.wrapped_network import forward_modality_heads, has_modality_heads
 
 __all__ = ["StepOutput", "SemiSupervisedMethod"]
@@ -154,10 +155,15 @@ class SemiSupervisedMethod(nn.Module):
         return [x.detach() for x in logits]
 
     @staticmethod
-    def mean_of_heads(logits: list[torch.Tensor]) -> torch.Tensor:
-        """The mean of the heads' logits: what ``network(image)`` predicts when every modality is used
-        (named apart from CMCNet's fusion layer, which fuses features, not predictions)."""
-        return torch.stack(logits, dim=0).mean(dim=0)
+    def mean_of_heads(logits: list[torch.Tensor], image: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of the heads' logits (named apart from CMCNet's fusion layer, which fuses features,
+        not predictions). With the ``image`` the heads read, per case over the heads whose sequence is
+        present in it (:func:`~scripts.networks.modality_presence.present_heads_mean`), as a multimodal
+        network's ``forward`` predicts; a single head is returned as it is."""
+        if len(logits) == 1:
+            return logits[0]
+        present = modality_presence(image) if image is not None and image.shape[1] == len(logits) else None
+        return present_heads_mean(logits, present)
 
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:
         """Called after every optimizer step (update EMA teachers here)."""

@@ -117,7 +117,7 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
     def pseudo_labels(self, network: nn.Module, unlabeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hard pseudo-labels and confidence mask, both (B, 1, *spatial), from the weak view."""
         teacher = self.teacher.module if self.teacher is not None else network
-        probs = torch.softmax(self.mean_of_heads(self.predict_heads(teacher, unlabeled)).float(), dim=1)
+        probs = torch.softmax(self.mean_of_heads(self.predict_heads(teacher, unlabeled), unlabeled).float(), dim=1)
         return confident_pseudo_labels(probs, self.threshold)
 
     def _heads_loss(self, logits: list[torch.Tensor], pseudo_label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

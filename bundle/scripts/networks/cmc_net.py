@@ -23,6 +23,7 @@ Every modality head therefore sees all the other modalities only through ``fused
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetOutBlock, UnetUpBlock
 
 from .input_checks import check_multimodal_input, check_network_levels
+from .modality_presence import modality_presence, present_heads_mean
 
 __all__ = ["ChannelAttention", "ModalityFusion", "CMCNet"]
 
@@ -423,9 +425,11 @@ class CMCNet(nn.Module):
                 return self.forward_modalities(image)  # type: ignore[return-value]
             raise RuntimeError("CMCNet: heads=True is not available in TorchScript; call forward_modalities().")
         logits, _ = self.forward_modalities(image)
-        return self.average_heads(logits)
+        return self.average_heads(logits, modality_presence(image))
 
-    def average_heads(self, logits: list[torch.Tensor]) -> torch.Tensor:
+    def average_heads(self, logits: list[torch.Tensor], present: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The network's prediction from its heads' logits (those of :meth:`forward_modalities`):
-        their mean, as :meth:`forward` returns it."""
-        return torch.stack(logits, dim=0).mean(dim=0)
+        per case, their mean over the sequences present (``present``, ``(B, M)``, from
+        :func:`~scripts.networks.modality_presence.modality_presence` of the input; None: all), as
+        :meth:`forward` returns it: the head of a missing (constant, zero-filled) sequence does not vote."""
+        return present_heads_mean(logits, present)

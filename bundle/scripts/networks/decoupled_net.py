@@ -19,12 +19,14 @@ lacking a modality can still be segmented from the others.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from monai.networks.nets import UNet
 from torch import nn
 
 from .input_checks import check_multimodal_input, check_network_levels
+from .modality_presence import modality_presence, present_heads_mean
 
 __all__ = ["DecoupledMultiModalNet"]
 
@@ -192,17 +194,17 @@ class DecoupledMultiModalNet(nn.Module):
             )
         self._check_input(image)
         logits: list[torch.Tensor] = []
+        used: list[int] = []
         for m, network in enumerate(self.networks):
             if m in self.available_modalities:
                 logits.append(network(image[:, m : m + 1]))
-        return torch.stack(logits, dim=0).mean(dim=0)
+                used.append(m)
+        presence = modality_presence(image)
+        return present_heads_mean(logits, torch.stack([presence[:, m] for m in used], dim=1))
 
-    def average_heads(self, logits: list[torch.Tensor]) -> torch.Tensor:
+    def average_heads(self, logits: list[torch.Tensor], present: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The network's prediction from every modality network's logits (all ``M``, in modality
-        order, as :meth:`forward_modalities` returns them): the mean over ``available_modalities``,
-        as :meth:`forward` returns it."""
-        available: list[torch.Tensor] = []
-        for m, head in enumerate(logits):
-            if m in self.available_modalities:
-                available.append(head)
-        return torch.stack(available, dim=0).mean(dim=0)
+        order, as :meth:`forward_modalities` returns them): per case, the mean over
+        ``available_modalities`` whose sequence is present (``present``, ``(B, M)``; None: all), as
+        :meth:`forward` returns it."""
+        return present_heads_mean(logits, present, self.available_modalities)

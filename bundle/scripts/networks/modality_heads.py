@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .modality_presence import modality_presence
+
 __all__ = ["ModalityHeadsWrapper"]
 
 
@@ -50,5 +52,8 @@ class ModalityHeadsWrapper(nn.Module):
         heads = self.network.forward_modalities(image)
         if isinstance(heads, tuple) and heads and isinstance(heads[0], (list, tuple)):
             heads = heads[0]
-        prediction = self.network.average_heads(heads) if self.averages_heads else self.network(image)
+        if self.averages_heads:  # over the sequences present in each case
+            prediction = self.network.average_heads(heads, modality_presence(image))
+        else:
+            prediction = self.network(image)
         return torch.cat([prediction, *heads], dim=1)
