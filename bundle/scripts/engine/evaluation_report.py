@@ -43,7 +43,8 @@ class EvaluationReport:
 
     - ``metrics.json``: ``summary[head][metric]`` (per class and ``mean``, averaged over cases,
       ignoring undefined values), ``cases``: a list of ``{"case": id, head: {metric: {class:
-      value, "mean": value}}}``, and the names of heads, metrics and classes;
+      value, "mean": value}}}``, and the names of heads, metrics and classes, the ``modalities``, those the
+      evaluation read (``eval_modalities``) and those missing (zeroed: ``missing_modalities``);
     - ``metrics.csv``: one row per case, head and metric with the per-class values and their mean,
       then the summary rows (case ``mean``);
     - ``overlays/<case>.png`` for the first ``num_overlays`` cases: a slice of every modality with
@@ -62,6 +63,9 @@ class EvaluationReport:
         heads: head names, the fused prediction first.
         class_names: names of the evaluated (foreground) classes.
         modalities: modality names, in channel order of the image.
+        eval_modalities: the modalities the evaluation read (``evaluate.yaml``'s ``eval_modalities``; the
+            others were missing: zeroed); ``None``: all. ``metrics.json`` records them (``eval_modalities``,
+            in channel order, and ``missing_modalities``) and the printed table names the missing ones.
         num_overlays: number of cases drawn.
         case_key: key of the case id in the batch.
         image_key, label_key, pred_key: keys in the evaluator's output.
@@ -73,6 +77,7 @@ class EvaluationReport:
         heads: Sequence[str],
         class_names: Sequence[str],
         modalities: Sequence[str],
+        eval_modalities: Sequence[str] | None = None,
         num_overlays: int = 4,
         case_key: str = "case",
         image_key: str = "image",
@@ -83,6 +88,9 @@ class EvaluationReport:
         self.heads = [str(h) for h in heads]
         self.class_names = [str(c) for c in class_names]
         self.modalities = [str(m) for m in modalities]
+        kept = self.modalities if eval_modalities is None else {str(m) for m in eval_modalities}
+        self.eval_modalities = [m for m in self.modalities if m in kept]
+        self.missing_modalities = [m for m in self.modalities if m not in kept]
         self.num_overlays = int(num_overlays)
         self.case_key = case_key
         self.image_key = image_key
@@ -208,6 +216,9 @@ class EvaluationReport:
             "heads": self.heads,
             "metrics": {k: v for k, v in METRICS.items() if any(k in m for m in table.values())},
             "classes": self.class_names,
+            "modalities": self.modalities,
+            "eval_modalities": self.eval_modalities,
+            "missing_modalities": self.missing_modalities,
             "num_cases": len(self.case_ids),
             "distance_unit": "mm",
             "summary": summary,
@@ -244,7 +255,11 @@ class EvaluationReport:
         header = f"{'head':<{width}}  " + "  ".join(
             f"{METRICS[m] + ' mean':>10}  " + " ".join(f"{c[:8]:>8}" for c in self.class_names) for m in metrics
         )
-        lines = [f"evaluation summary ({len(self.case_ids)} cases; distances in mm)", header, "-" * len(header)]
+        missing = (
+            f"; missing (zeroed) modalities: {', '.join(self.missing_modalities)}" if self.missing_modalities else ""
+        )
+        title = f"evaluation summary ({len(self.case_ids)} cases; distances in mm{missing})"
+        lines = [title, header, "-" * len(header)]
         for head, per_metric in summary.items():
             cells = []
             for m in metrics:
