@@ -87,6 +87,6 @@ class CheckedCheckpointLoader(CheckpointLoader):
             read_checkpoint(self.load_path, self.map_location, self.remedy)  # raises for a missing or bad file
             raise CheckpointError(
                 f"cannot load {self.load_path} into the network of this config ({_one_line(e, 400)}). Evaluate and "
-                "infer with the configs and settings (--spatial_dims, --modalities, --class_names, a method's or "
-                "plan's override, ...) the model was trained with."
+                "infer with the configs and settings (--spatial_dims, --modalities, --class_names, "
+                "--modality_presence_input, a method's or plan's override, ...) the model was trained with."
             ) from e
