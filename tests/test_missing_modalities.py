@@ -201,6 +201,26 @@ def test_cmc_and_semicml_networks_average_the_heads_of_present_sequences():
         torch.testing.assert_close(out[1], (heads[0][1] + heads[1][1] + heads[2][1]) / 3)
 
 
+def test_per_sequence_heads_are_supervised_on_the_cases_that_have_their_sequence():
+    from monai.losses import DiceCELoss
+
+    from scripts.losses.multi_head import MultiHeadSupervisedLoss
+
+    g = torch.Generator().manual_seed(1)
+    heads = [torch.randn(3, 2, 6, 6, generator=g) for _ in range(2)]
+    label = (torch.rand(3, 1, 6, 6, generator=g) > 0.5).float()
+    present = torch.tensor([[True, False], [True, True], [False, False]])
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+    expected = (dice_ce(heads[0][:2], label[:2]) + dice_ce(heads[1][1:2], label[1:2])) / 2
+    got = MultiHeadSupervisedLoss(reduction="mean")(heads, label, present=present)
+    torch.testing.assert_close(got, expected)
+    everyone = (dice_ce(heads[0], label) + dice_ce(heads[1], label)) / 2
+    torch.testing.assert_close(MultiHeadSupervisedLoss()(heads, label), everyone)
+    no_second = torch.tensor([[True, False], [True, False], [False, False]])
+    only_first = MultiHeadSupervisedLoss(reduction="sum")(heads, label, present=no_second)
+    torch.testing.assert_close(only_first, dice_ce(heads[0][:2], label[:2]))  # a head with no case adds nothing
+
+
 # ---------------------------------------------------------------- training and inference
 
 

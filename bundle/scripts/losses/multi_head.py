@@ -39,11 +39,18 @@ class MultiHeadSupervisedLoss(nn.Module):
         self.loss = loss if loss is not None else DiceCELoss(to_onehot_y=True, softmax=True)
         self.reduction = reduction
 
-    def forward(self, logits: Sequence[torch.Tensor], label: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: Sequence[torch.Tensor], label: torch.Tensor, present: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """
         Args:
             logits: M tensors (B, K, *spatial), one per modality head.
             label: (B, 1, *spatial) or (B, M, *spatial) class indices.
+            present: optional (B, M) mask of the sequences each case has
+                (``scripts.networks.modality_presence.modality_presence``): head ``m`` is supervised on
+                the cases that have sequence ``m`` only, and a head with no such case adds nothing
+                (Semi-CML's per-sequence networks, which would otherwise learn the label from a blank
+                image). None: every case.
         """
         num_heads = len(logits)
         if num_heads == 0:
@@ -56,5 +63,11 @@ class MultiHeadSupervisedLoss(nn.Module):
         total = logits[0].new_zeros(())
         for m, head in enumerate(logits):
             target = label[:, m : m + 1] if per_modality else label[:, :1]
+            if present is not None:
+                keep = present[:, m].bool()
+                if not bool(keep.any()):
+                    continue
+                if not bool(keep.all()):
+                    head, target = head[keep], target[keep]
             total = total + self.loss(head, target)
         return total / num_heads if self.reduction == "mean" else total

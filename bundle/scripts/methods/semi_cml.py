@@ -18,6 +18,8 @@ from torch import nn
 
 from ..engine.method import SemiSupervisedMethod, StepOutput
 from ..engine.module_broadcast import broadcast_module_state, broadcast_object, is_distributed
+from ..losses.multi_head import MultiHeadSupervisedLoss
+from ..networks.modality_presence import modality_presence
 from ..networks.wrapped_network import unwrap_network
 
 __all__ = ["SemiCMLMethod", "average_state_dicts", "strongest_modality", "stochastic_pseudo_labels"]
@@ -412,7 +414,11 @@ class SemiCMLMethod(SemiSupervisedMethod):
         if epoch >= self.mutual_epochs and self.stage == MUTUAL:
             self.build_teacher(network)
         labeled_logits, unlabeled_logits, _ = self.forward_joint(network, image, unlabeled)
-        sup = self.supervised_loss(labeled_logits, label)
+        # each modality network learns from the labeled cases that have its sequence (missing sequences)
+        if isinstance(self.supervised_loss, MultiHeadSupervisedLoss):
+            sup = self.supervised_loss(labeled_logits, label, present=modality_presence(image))
+        else:
+            sup = self.supervised_loss(labeled_logits, label)
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
         if unlabeled_logits is not None:
