@@ -28,7 +28,8 @@ from planning import dataset_fingerprint, plan_from_fingerprint, plan_yaml  # no
 
 
 def main(datalist: str, output: str | None = None, device: str | None = None, modalities: list | None = None,
-         fingerprint: str | None = None, overwrite: bool = False) -> str:
+         fingerprint: str | None = None, overwrite: bool = False, allow_missing_modalities: bool = False,
+         own_grids: bool = False) -> str:
     """
     Args:
         datalist: the bundle datalist JSON (its `training` and `unlabeled` cases are analysed).
@@ -38,6 +39,9 @@ def main(datalist: str, output: str | None = None, device: str | None = None, mo
         modalities: the modality names, when the datalist has no top-level `modalities` list.
         fingerprint: also write the dataset fingerprint (JSON) there.
         overwrite: replace an existing plan file.
+        allow_missing_modalities: cases may lack sequences (as the run's option of the same name).
+        own_grids: the sequences are on their own grids, each with its own label (as the run's option,
+            `bundle/configs/own_grids.yaml`): every sequence is planned as a case of its own.
     """
     output = output or os.path.join(os.path.dirname(os.path.abspath(datalist)), "plan.yaml")
     if os.path.exists(output) and not overwrite:
@@ -46,7 +50,8 @@ def main(datalist: str, output: str | None = None, device: str | None = None, mo
         import torch
 
         device = "gpu" if torch.cuda.is_available() else "cpu"
-    fp = dataset_fingerprint(datalist, modalities)
+    fp = dataset_fingerprint(datalist, modalities, allow_missing_modalities=bool(allow_missing_modalities),
+                             own_grids=bool(own_grids))
     plan = plan_from_fingerprint(fp, device=str(device))
     for keys, reason in plan.decisions:
         print(f"{', '.join(f'{k} = {json.dumps(plan.ids[k])}' for k in keys)}\n    because {reason}")

@@ -81,21 +81,25 @@ def label_geometry(path: str, spacing: Sequence[float]) -> dict[str, Any]:
 
 def _analyze_intensities(cases: list[dict], modalities: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per modality: medians over cases of the image percentiles, and foreground statistics, from
-    MONAI's DataAnalyzer on the labeled cases whose every modality is given."""
+    MONAI's DataAnalyzer on the labeled cases that have that modality (one run per modality, so that
+    cases lacking a sequence, and sequences on their own grids with their own labels, count too)."""
     from monai.apps.auto3dseg import DataAnalyzer
 
-    usable = [{"image": list(c["image"]), "label": c["label"], "fold": 0} for c in cases
-              if isinstance(c.get("image"), list) and c.get("label") and all(c["image"])]
-    if not usable:
-        raise ValueError("the datalist has no labeled case with a file for every modality to take intensities from.")
-    with tempfile.TemporaryDirectory() as tmp:
-        analyzer = DataAnalyzer({"training": usable}, dataroot="", output_path=os.path.join(tmp, "stats.yaml"),
-                                device="cpu", worker=0, fmt="yaml")
-        stats = analyzer.get_all_case_stats()["stats_by_cases"]
+    per_modality = []
+    for m, name in enumerate(modalities):
+        usable = [{"image": [c["image"][m]], "label": c["label"], "fold": 0} for c in cases
+                  if isinstance(c.get("image"), list) and c.get("label") and c["image"][m]]
+        if not usable:
+            raise ValueError(f"the datalist has no labeled case with a {name!r} file to take its intensities from.")
+        with tempfile.TemporaryDirectory() as tmp:
+            analyzer = DataAnalyzer({"training": usable}, dataroot="", output_path=os.path.join(tmp, "stats.yaml"),
+                                    device="cpu", worker=0, fmt="yaml")
+            per_modality.append(analyzer.get_all_case_stats()["stats_by_cases"])
     out: dict[str, dict[str, float]] = {}
     for m, name in enumerate(modalities):
-        image = [s["image_stats"]["intensity"][m] for s in stats]
-        fg = [s["image_foreground_stats"]["intensity"][m] for s in stats]
+        stats = per_modality[m]
+        image = [s["image_stats"]["intensity"][0] for s in stats]
+        fg = [s["image_foreground_stats"]["intensity"][0] for s in stats]
         entry = {key: float(np.median([i[key] for i in image])) for key in ("percentile_00_5", "percentile_99_5", "mean", "stdev")}
         # foreground: the pooled mean and spread, and the extreme-most case percentiles' medians
         fg_mean = float(np.mean([f["mean"] for f in fg]))
@@ -109,8 +113,13 @@ def _analyze_intensities(cases: list[dict], modalities: Sequence[str]) -> dict[s
     return out
 
 
-def dataset_fingerprint(datalist_file: str, modalities: Sequence[str] | None = None) -> dict[str, Any]:
-    """The fingerprint of the training pool (``training`` and ``unlabeled``) of a bundle datalist."""
+def dataset_fingerprint(
+    datalist_file: str, modalities: Sequence[str] | None = None, allow_missing_modalities: bool = False,
+    own_grids: bool = False,
+) -> dict[str, Any]:
+    """The fingerprint of the training pool (``training`` and ``unlabeled``) of a bundle datalist, read
+    as the run reads it (``allow_missing_modalities``, ``own_grids``: see ``scripts.data.datalist``; on
+    own grids every sequence is a case of its own, with its own geometry and label)."""
     import json
     import sys
     from pathlib import Path
@@ -125,7 +134,8 @@ def dataset_fingerprint(datalist_file: str, modalities: Sequence[str] | None = N
     with open(datalist_file) as f:
         declared = json.load(f).get("modalities")
     names = list(modalities or declared or [])
-    datalist = load_datalist(datalist_file, modalities=names or None)
+    datalist = load_datalist(datalist_file, modalities=names or None,
+                             allow_missing_modalities=allow_missing_modalities, own_grids=own_grids)
     if not names:
         raise ValueError(f"{datalist_file}: give the modalities (a top-level 'modalities' list, or --modalities).")
     pool = [dict(c, labeled=True) for c in datalist["training"] if c.get("label")]

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError, InputError, InputNotFoundError
+from .own_grids import split_by_modality
 from .synthetic import generate_synthetic_dataset
 
 __all__ = [
@@ -99,6 +100,7 @@ def load_datalist(
     defer_missing_files: bool = False,
     require_training: bool = True,
     allow_missing_modalities: bool = False,
+    own_grids: bool = False,
 ) -> dict[str, list[dict]]:
     """
     Read, validate and normalise a datalist.
@@ -149,6 +151,11 @@ def load_datalist(
             null entry of an ``"image"`` list): its ``image`` list holds ``None`` for each missing one
             (at least one must be given, and the label must be a single file). False: each missing
             key is a problem, named with the option that allows it.
+        own_grids: the modalities of a case are on their own grids, not registered (MR and ultrasound,
+            CT and MRI, or cohorts with no patient in common): each labeled case gives one label per
+            sequence it has (``"label": {modality: path}``), a case may lack sequences, and every case is
+            then split into one case per sequence (:func:`scripts.data.own_grids.split_by_modality`),
+            after the labeled fraction is drawn per patient.
 
     Unknown top-level keys that look like a misspelled split (``"validaton"``) or hold a list of
     cases are problems; other keys (``name``, ``description``, ...) are ignored. When both
@@ -198,7 +205,10 @@ def load_datalist(
             problems.append(f"split {str(split)!r}: must be a list of cases, got {type(raw_cases).__name__}")
             raw_cases = []
         result[split] = [
-            normalise_case(raw, split, position, names, base_dir, check_files, problems, order, allow_missing_modalities)
+            normalise_case(
+                raw, split, position, names, base_dir, check_files, problems, order, allow_missing_modalities or own_grids,
+                own_grids,
+            )
             for position, raw in enumerate(raw_cases)
         ]
     if require_training and not content.get("training"):
@@ -217,6 +227,8 @@ def load_datalist(
 
     if fraction < 1.0:
         _apply_labeled_fraction(result, fraction, split_seed)
+    if own_grids:
+        result = split_by_modality(result, names)
     return result
 
 
@@ -233,6 +245,7 @@ def resolve_datalist(
     defer_missing_files: bool = False,
     require_training: bool = True,
     allow_missing_modalities: bool = False,
+    own_grids: bool = False,
 ) -> dict[str, list[dict]]:
     """
     Datalist of a run: the user's dataset when one is given, else the embedded synthetic dataset.
@@ -256,8 +269,8 @@ def resolve_datalist(
         split_seed: seed of the labeled/unlabeled selection.
         synthetic: further keyword arguments of ``generate_synthetic_dataset`` (``image_size``,
             ``num_training``, ``misalignment_mm``, ``seed``, ...).
-        require_validation, defer_missing_files, require_training, allow_missing_modalities: see
-            :func:`load_datalist`.
+        require_validation, defer_missing_files, require_training, allow_missing_modalities, own_grids:
+            see :func:`load_datalist`.
 
     Returns:
         the normalised datalist, as :func:`load_datalist` returns it.
@@ -282,6 +295,7 @@ def resolve_datalist(
             defer_missing_files=defer_missing_files,
             require_training=require_training,
             allow_missing_modalities=allow_missing_modalities,
+            own_grids=own_grids,
         )
     if datalist_file:
         datalist_path = os.path.abspath(os.path.expanduser(os.fspath(datalist_file)))
@@ -297,6 +311,7 @@ def resolve_datalist(
         defer_missing_files=defer_missing_files,
         require_training=require_training,
         allow_missing_modalities=allow_missing_modalities,
+        own_grids=own_grids,
     )
 
 
@@ -402,6 +417,7 @@ def normalise_case(
     problems: list[str],
     list_order: tuple[list[str], list[int] | None] | None = None,
     allow_missing_modalities: bool = False,
+    own_grids: bool = False,
 ) -> dict[str, Any]:
     """Normalise one case (see :func:`load_datalist`), appending its problems to ``problems``.
     ``list_order``: see :func:`list_order` (lists of paths follow the datalist's own modalities).
@@ -507,9 +523,33 @@ def normalise_case(
     label = raw.get("label")
     if split == "unlabeled":
         label = None
+    given = [m for m, p in zip(modalities, case.get("image") or [], strict=False) if p is not None]
     if label is None:
         if split in _LABELED_SPLITS:
             problems.append(f"{where}: key 'label': missing (every {split} case needs a label)")
+    elif own_grids and isinstance(label, dict) and isinstance(case.get("image"), list):
+        # one label per sequence given, on that sequence's own grid; none for a sequence the case lacks
+        for m in given:
+            if label.get(m) is None:
+                problems.append(
+                    f"{where}: key 'label': no label for modality {str(m)!r} (own grids: one label per sequence given)"
+                )
+        extra = sorted(str(m) for m in label if m in modalities and m not in given and label[m] is not None)
+        if extra:
+            problems.append(f"{where}: key 'label': labels for modalities without an image: {extra}")
+        unknown = sorted(str(m) for m in set(label) - set(modalities))
+        if unknown:
+            problems.append(f"{where}: key 'label': unknown modalities {unknown} (expected {', '.join(modalities)})")
+        case["label"] = [
+            _resolve_path(label[m], base_dir, check_files, where, f"label[{m}]", problems) if m in given and label.get(m)
+            else None
+            for m in modalities
+        ]
+    elif own_grids:
+        problems.append(
+            f"{where}: key 'label': modalities on their own grids need one label per modality, "
+            f'{{"{modalities[0]}": path, ...}} (one for each sequence the case has)'
+        )
     elif isinstance(label, str):
         case["label"] = _resolve_path(label, base_dir, check_files, where, "label", problems)
     elif not isinstance(label, str) and isinstance(case.get("image"), list) and None in case["image"]:

@@ -32,6 +32,7 @@ from typing import Any
 from ..errors import InputError, InputNotFoundError, OverwriteRefusedError, as_bool
 from .datalist import DatalistError, derive_case_id, list_order, normalise_case
 from .missing_modalities import missing_modalities
+from .own_grids import GRID_MODALITY_KEY, split_case
 from .synthetic import generate_synthetic_dataset
 from .transforms import input_files_of, safe_name
 
@@ -130,6 +131,7 @@ def inference_cases(
     output_postfix: str = "seg",
     output_ext: str = ".nii.gz",
     allow_missing_modalities: Any = True,
+    own_grids: Any = False,
 ) -> list[dict[str, Any]]:
     """
     The cases to segment (see the module docstring for the sources and their order).
@@ -148,6 +150,9 @@ def inference_cases(
         allow_missing_modalities: a case may lack sequences (``--image "{'flair': 'a.nii.gz'}"``, a
             ``null`` in an ``--image`` list, a datalist case without a modality key): its missing
             sequences are ``None`` in ``image`` and read as zeros (``scripts.data.missing_modalities``).
+        own_grids: the sequences are on their own grids: every case is split into one case per
+            sequence (``<case>_<modality>``, ``scripts.data.own_grids``), each segmented and written on
+            its own file's grid.
 
     Returns:
         ``[{"case": id, "image": path or [paths or None], "input_files": [paths], "sequences": "a+b"}, ...]``,
@@ -188,6 +193,8 @@ def inference_cases(
             datalist_path = generate_synthetic_dataset(synthetic_dir, spatial_dims=spatial_dims, modalities=modalities)
             cases = _cases_from_datalist(datalist_path, None, data_split, modalities, allow_missing)
 
+    if as_bool(own_grids, "own_grids"):
+        cases = [single for case in cases for single in split_case(case, modalities)]
     result = []
     seen: set[str] = set()
     for case in cases:
@@ -199,10 +206,15 @@ def inference_cases(
             )
         seen.add(case_id)
         missing = missing_modalities(case["image"], modalities)
-        if missing:
+        if missing and GRID_MODALITY_KEY not in case:
             logger.warning(f"case {case_id!r}: no {', '.join(missing)}; segmented from the other sequences")
         used = "+".join(m for m in modalities if m not in missing)
-        result.append({"case": case_id, "image": case["image"], "input_files": files, "sequences": used})
+        entry = {"case": case_id, "image": case["image"], "input_files": files}
+        if GRID_MODALITY_KEY in case:  # one sequence per case by design: nothing missing to record
+            entry[GRID_MODALITY_KEY] = case[GRID_MODALITY_KEY]
+        else:
+            entry["sequences"] = used
+        result.append(entry)
     if output_dir:
         inputs = {os.path.realpath(p): p for c in result for p in c["input_files"]}
         for c in result:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from ..data.own_grids import GRID_MODALITY_KEY
 from .head_outputs import head_keys, metric_name
 from .segmentation_metrics import METRICS
 
@@ -97,6 +98,8 @@ class EvaluationReport:
         self.label_key = label_key
         self.pred_key = pred_key
         self.case_ids: list[str] = []
+        # the sequence of each case when the modalities are on their own grids (scripts.data.own_grids)
+        self.case_grids: list[str | None] = []
         self.logger = logging.getLogger(self.__class__.__name__)
         self.files: dict[str, str] = {}
 
@@ -107,6 +110,7 @@ class EvaluationReport:
 
     def _reset(self, engine: Engine) -> None:
         self.case_ids = []
+        self.case_grids = []
 
     # ---------------------------------------------------------------- per iteration
     def _collect(self, engine: Engine) -> None:
@@ -119,6 +123,10 @@ class EvaluationReport:
                 case_id = case_id[0]
             case_id = str(case_id) if case_id is not None else f"case_{len(self.case_ids):04d}"
             self.case_ids.append(case_id)
+            grid = item.get(GRID_MODALITY_KEY) if isinstance(item, Mapping) else None
+            if isinstance(grid, (list, tuple)):
+                grid = grid[0] if grid else None
+            self.case_grids.append(str(grid) if grid is not None else None)
             if len(self.case_ids) <= self.num_overlays:
                 try:
                     self._overlay(case_id, output)
@@ -201,16 +209,12 @@ class EvaluationReport:
                     row["mean"] = _nanmean(values)
                     entry[head][metric] = row
             cases.append(entry)
-        summary: dict[str, Any] = {}
-        for head, per_metric in table.items():
-            summary[head] = {}
-            for metric, array in per_metric.items():
-                per_class = {
-                    name: _nanmean([_finite(v) for v in array[:, c]]) for c, name in enumerate(self.class_names)
-                }
-                per_class["mean"] = _nanmean([_finite(v) for v in array.reshape(-1)])
-                per_class["undefined_values"] = int((~np.isfinite(array)).sum())
-                summary[head][metric] = per_class
+        summary = self._summary(table, np.arange(len(self.case_ids)))
+        # modalities on their own grids: every case is one sequence, scored against its own label
+        by_grid = {
+            grid: self._summary(table, np.array([i for i, g in enumerate(self.case_grids) if g == grid]))
+            for grid in dict.fromkeys(g for g in self.case_grids if g is not None)
+        }
         os.makedirs(self.output_dir, exist_ok=True)
         content = {
             "heads": self.heads,
@@ -222,6 +226,7 @@ class EvaluationReport:
             "num_cases": len(self.case_ids),
             "distance_unit": "mm",
             "summary": summary,
+            **({"summary_by_modality": by_grid} if by_grid else {}),
             "cases": cases,
         }
         json_path = os.path.join(self.output_dir, "metrics.json")
@@ -246,9 +251,28 @@ class EvaluationReport:
                     )
         self.files = {"json": json_path, "csv": csv_path}
         print(self.summary_table(summary), flush=True)
+        for grid, grid_summary in by_grid.items():
+            count = sum(g == grid for g in self.case_grids)
+            print(self.summary_table(grid_summary, f"{grid} ({count} cases, each on its own grid)"), flush=True)
         self.logger.info(f"evaluation of {len(self.case_ids)} cases written to {json_path} and {csv_path}")
 
-    def summary_table(self, summary: Mapping[str, Any]) -> str:
+    def _summary(self, table: Mapping[str, Mapping[str, np.ndarray]], rows: np.ndarray) -> dict[str, Any]:
+        """Per head and metric: the per-class and mean values over the cases ``rows``, and the count of
+        undefined values."""
+        summary: dict[str, Any] = {}
+        for head, per_metric in table.items():
+            summary[head] = {}
+            for metric, full in per_metric.items():
+                array = full[rows.astype(int)] if len(rows) else full[:0]
+                per_class = {
+                    name: _nanmean([_finite(v) for v in array[:, c]]) for c, name in enumerate(self.class_names)
+                }
+                per_class["mean"] = _nanmean([_finite(v) for v in array.reshape(-1)])
+                per_class["undefined_values"] = int((~np.isfinite(array)).sum())
+                summary[head][metric] = per_class
+        return summary
+
+    def summary_table(self, summary: Mapping[str, Any], subset: str | None = None) -> str:
         """The summary as a text table: one line per head, mean and per-class value of each metric."""
         metrics = [m for m in METRICS if any(m in v for v in summary.values())]
         width = max([len(h) for h in self.heads] + [6])
@@ -259,6 +283,8 @@ class EvaluationReport:
             f"; missing (zeroed) modalities: {', '.join(self.missing_modalities)}" if self.missing_modalities else ""
         )
         title = f"evaluation summary ({len(self.case_ids)} cases; distances in mm{missing})"
+        if subset:
+            title = f"evaluation summary, {subset}; distances in mm"
         lines = [title, header, "-" * len(header)]
         for head, per_metric in summary.items():
             cells = []
