@@ -112,12 +112,10 @@ def _analyze_intensities(cases: list[dict], modalities: Sequence[str]) -> dict[s
 def dataset_fingerprint(datalist_file: str, modalities: Sequence[str] | None = None) -> dict[str, Any]:
     """The fingerprint of the training pool (``training`` and ``unlabeled``) of a bundle datalist."""
     import json
-    import sys
-    from pathlib import Path
 
-    bundle = Path(__file__).resolve().parents[2] / "bundle"
-    if str(bundle) not in sys.path:
-        sys.path.insert(0, str(bundle))
+    from bundle_path import use_bundle_scripts
+
+    use_bundle_scripts()
     from scripts.data.datalist import load_datalist
 
     if not os.path.isfile(datalist_file):
