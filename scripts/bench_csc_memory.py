@@ -13,15 +13,17 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import fire
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import MIB, format_machine, machine_description, peak_memory_bytes  # noqa: E402
+from bench_common import MIB, peak_memory_bytes
+from benchmarking.machine import describe_machine, format_machine
+from bundle_path import use_bundle_scripts
+
+use_bundle_scripts()  # the bundle's components, imported where used
 
 
 def official_csc_reference(features_a: torch.Tensor, features_b: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -151,7 +153,7 @@ def format_csc_memory(c: dict[str, Any]) -> list[str]:
 
 def main(**kwargs: Any) -> None:
     """Command line: :func:`csc_memory` with the same arguments, printed with the machine."""
-    print("\n".join([format_machine(machine_description()), *format_csc_memory(csc_memory(**kwargs))]))
+    print("\n".join([format_machine(describe_machine()), *format_csc_memory(csc_memory(**kwargs))]))
 
 
 if __name__ == "__main__":

@@ -26,17 +26,18 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import sys
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import fire
 import torch
 from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import BUNDLE, CONFIGS, format_machine, machine_description, timed  # noqa: E402
+from bench_common import timed
+from benchmarking.machine import describe_machine, format_machine
+from bundle_path import BUNDLE, CONFIGS, use_bundle_scripts
+
+use_bundle_scripts()
 from scripts.engine.segmentation_metrics import segmentation_metrics, voxel_spacing  # noqa: E402
 
 
@@ -166,7 +167,7 @@ def main(repeats: int = 3, threads: int | None = 1, ckpt_dir: str | None = None,
         cases = len(now.data_loader.dataset)
     ratio = statistics.median(times["now"]) / statistics.median(times["before"])
     paired = statistics.median(a / b for a, b in zip(times["now"], times["before"], strict=True))
-    print(format_machine(machine_description()))
+    print(format_machine(describe_machine()))
     print(
         f"[evaluation of the embedded test cases] {cases} cases, {repeats} alternating repeats, torch threads "
         f"{torch.get_num_threads()}, device {'cuda' if torch.cuda.is_available() else 'cpu'}"

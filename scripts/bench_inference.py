@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,11 @@ from typing import Any
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import MYOPS_CASE, format_machine, machine_description, plain, timed  # noqa: E402
+from bench_common import MYOPS_CASE, plain, timed
+from benchmarking.machine import describe_machine, format_machine
+from bundle_path import use_bundle_scripts
+
+use_bundle_scripts()  # the bundle's components, imported where used
 
 
 def _time_inference(inferer: Any, network: torch.nn.Module, volume: torch.Tensor, repeats: int, amp: bool) -> list[float]:
@@ -155,7 +157,7 @@ def main(threads: int | None = None, brain_roi: int = 96, brain_repeats: int = 1
         torch.set_num_threads(int(threads))
     results = {"brain_inference": brain_volume_inference(roi_size=brain_roi, repeats=brain_repeats),
                "cardiac_inference": cardiac_case_inference(repeats=cardiac_repeats)}
-    print("\n".join([format_machine(machine_description()), *format_inference(results)]))
+    print("\n".join([format_machine(describe_machine()), *format_inference(results)]))
 
 
 if __name__ == "__main__":

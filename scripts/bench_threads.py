@@ -21,15 +21,14 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import fire
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import REPO_ROOT, _config_stack, bundle_run_command  # noqa: E402  (the one command builder)
+from benchmarking.commands import bundle_run_command, config_stack  # the one command builder
+from bundle_path import REPO_ROOT
 
 # the loss line of every iteration (`--log_interval 1`), with its time stamp
 _ITERATION = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) - INFO - Epoch: \d+/\d+, Iter: (\d+)/\d+", re.M)
@@ -46,7 +45,7 @@ def _train_once(datalist: str, configs: Sequence[str], threads: int, iterations:
     ids = dict(datalist_file=datalist, epochs=1, iterations_per_epoch=iterations, val_interval=1, log_interval=1,
                num_threads=threads, resume=False, output_dir=str(workdir / tag), ckpt_dir=str(workdir / tag),
                validate_voxels=False)
-    cmd = bundle_run_command(_config_stack(list(configs)), **{**ids, **overrides})
+    cmd = bundle_run_command(config_stack(list(configs)), **{**ids, **overrides})
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

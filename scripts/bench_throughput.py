@@ -18,11 +18,11 @@ from typing import Any
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import MYOPS_CASE, format_machine, machine_description, peak_memory_bytes  # noqa: E402
-from bench_csc_memory import csc_memory, format_csc_memory, official_csc_reference  # noqa: E402
-from bench_inference import brain_volume_inference, cardiac_case_inference, format_inference  # noqa: E402
-from bench_training import format_training, training_throughput  # noqa: E402
+from bench_common import MYOPS_CASE, peak_memory_bytes
+from bench_csc_memory import csc_memory, format_csc_memory, official_csc_reference
+from bench_inference import brain_volume_inference, cardiac_case_inference, format_inference
+from bench_training import format_training, training_throughput
+from benchmarking.machine import describe_machine, format_machine
 
 __all__ = [  # what the tests and other tools use from here
     "MYOPS_CASE",
@@ -86,7 +86,7 @@ def run_benchmarks(
         sections = [sections]
     if threads is not None:
         torch.set_num_threads(int(threads))
-    results: dict[str, Any] = {"machine": machine_description(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+    results: dict[str, Any] = {"machine": describe_machine(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     if "training" in sections:
         results["training"] = training_throughput(iterations, repeats, batch_size, num_workers, profile=profile,
                                                   compare_loader=compare_loader)

@@ -25,14 +25,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import fire
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import BUNDLE, CONFIGS, format_machine, machine_description, plain, timed  # noqa: E402
+from bench_common import plain, timed
+from benchmarking.machine import describe_machine, format_machine
+from bundle_path import BUNDLE, CONFIGS, use_bundle_scripts
+
+use_bundle_scripts()
 
 
 def build_training(
@@ -278,7 +280,7 @@ def main(threads: int | None = None, **kwargs: Any) -> None:
     if threads:
         torch.set_num_threads(int(threads))
     result = training_throughput(**kwargs)
-    print("\n".join([format_machine(machine_description()), *format_training(result)]))
+    print("\n".join([format_machine(describe_machine()), *format_training(result)]))
 
 
 if __name__ == "__main__":

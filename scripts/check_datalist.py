@@ -18,19 +18,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-# This file lives in the top-level `scripts/` folder, which is not a package, and running it as
-# `python scripts/check_datalist.py` puts that folder (not the repository root) first on sys.path.
-# The bundle's `scripts` package must be found before anything else named `scripts`, so the bundle
-# folder goes first.
-_BUNDLE = str(Path(__file__).resolve().parents[1] / "bundle")
-if _BUNDLE in sys.path:
-    sys.path.remove(_BUNDLE)
-sys.path.insert(0, _BUNDLE)
+import fire
 
-import fire  # noqa: E402
+from bundle_path import use_bundle_scripts
 
+use_bundle_scripts()
 from scripts.data.case_validation import inspect_cases  # noqa: E402
 from scripts.data.datalist import DatalistError, load_datalist  # noqa: E402
 

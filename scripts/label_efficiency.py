@@ -17,19 +17,18 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import fire
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import REPO_ROOT, _config_stack, bundle_run_command  # noqa: E402  (the one command builder)
+from benchmarking.commands import bundle_run_command, config_stack  # the one command builder
+from bundle_path import REPO_ROOT
 
 
 def _command(method: str, fraction: float, run_dir: Path, overrides: dict) -> list[str]:
     # e.g. "semicml+supervised": Semi-CML's network, supervised only
-    return bundle_run_command(_config_stack(method.split("+")), labeled_fraction=fraction, output_dir=str(run_dir),
+    return bundle_run_command(config_stack(method.split("+")), labeled_fraction=fraction, output_dir=str(run_dir),
                               ckpt_dir=str(run_dir), **overrides)
 
 

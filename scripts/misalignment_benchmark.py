@@ -36,7 +36,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,26 +43,16 @@ from typing import Any
 
 import fire
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = REPO_ROOT / "bundle"
-CONFIGS = BUNDLE / "configs"
-if str(BUNDLE) not in sys.path:  # the bundle's components, `scripts.<module>.<Name>`
-    sys.path.insert(0, str(BUNDLE))
+from benchmarking.commands import find_config
+from bundle_path import BUNDLE, use_bundle_scripts
+
+use_bundle_scripts()  # the bundle's components, `scripts.<module>.<Name>`
 
 TABLE_NAME = "misalignment_benchmark.md"
 RESULTS_NAME = "misalignment_benchmark.json"
 PLOT_NAME = "misalignment_benchmark.png"
 # transforms after which the misalignment is inserted (the last one found); else it goes last
 _NORMALISATION = ("NormalizeIntensity", "ScaleIntensity", "ClipIntensityPercentiles", "HistogramNormalize", "ModalityIntensity")
-
-
-def find_config(name: str | os.PathLike) -> Path:
-    """A config file given as a path (absolute, or relative to the current folder or the repository
-    root) or as a name in `bundle/configs` (e.g. `semicml.yaml`)."""
-    for candidate in (Path(name), REPO_ROOT / name, CONFIGS / name):
-        if candidate.is_file():
-            return candidate.resolve()
-    raise FileNotFoundError(f"config file '{name}' not found (as a path, or in {CONFIGS}).")
 
 
 def parse_methods(methods: Any) -> list[dict]:

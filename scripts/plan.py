@@ -21,10 +21,7 @@ import sys
 
 import fire
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.append(_HERE)
-from planning import dataset_fingerprint, plan_from_fingerprint, plan_yaml  # noqa: E402
+from planning import dataset_fingerprint, plan_from_fingerprint, plan_yaml
 
 
 def main(datalist: str, output: str | None = None, device: str | None = None, modalities: list | None = None,

@@ -19,11 +19,8 @@ import sys
 
 import fire
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIGS = os.path.join(os.path.dirname(_HERE), "bundle", "configs")
-if _HERE not in sys.path:
-    sys.path.append(_HERE)
-import plan as plan_tool  # noqa: E402
+import plan as plan_tool
+from bundle_path import CONFIGS
 
 
 def stacks(plan_file: str, method: str = "weak_strong") -> tuple[list[str], list[str], list[str]]:

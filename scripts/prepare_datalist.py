@@ -30,17 +30,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import os
 import sys
 from collections.abc import Sequence
 
-# Loaded by path (as the tests load it), this file's folder is not on sys.path, and the package
-# beside it must still be importable; appended, it cannot shadow anything installed.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.append(_HERE)
-import datalist_preparation  # noqa: E402
-from datalist_preparation import *  # noqa: E402,F401,F403 - this tool's Python names are the package's
+import datalist_preparation
+from datalist_preparation import *  # noqa: F401,F403 - this tool's Python names are the package's
 
 __all__ = [*datalist_preparation.__all__, "main", "unknown_options"]
 COMMANDS = datalist_preparation.COMMANDS

@@ -20,7 +20,7 @@ Report (Markdown and JSON, rewritten after every evaluation): per method and fra
 mean over all subsets (per seed, then mean +- std over seeds); and the paired difference of that
 mean-over-subsets Dice against `--baseline` (the method's supervised twin, same fraction and seed): per test
 case (its Dice averaged over the subsets) and seed, with a 95% bootstrap CI over test cases
-(`benchmark.paired_difference`).
+(`benchmarking.statistics.paired_difference`).
 
 Example (after the benchmark of bundle/docs/README.md):
     python scripts/subset_benchmark.py /tmp/myops/bench/myops.json --baseline unet+supervised \
@@ -39,26 +39,15 @@ from pathlib import Path
 
 import fire
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import (  # noqa: E402  (statistics, runner and command builder: benchmark.py's)
-    CONFIGS,
-    BenchmarkFailures,
-    RunFailed,
-    _as_list,
-    _case_dice,
-    _failure_text,
-    _fmt,
-    _mean_std,
-    _previous_runs,
-    _run,
-    _saved_times,
-    _say,
-    _Timer,
-    bundle_run_command,
-    machine,
-    paired_difference,
-)
-from scripts.data.modality_subset import modality_subsets  # noqa: E402  (benchmark.py put bundle/ on the path)
+from benchmarking.commands import as_list, bundle_run_command
+from benchmarking.machine import describe_machine
+from benchmarking.report import failure_text, fmt, previous_runs
+from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, run_logged, saved_times, say
+from benchmarking.statistics import case_dice, mean_std, paired_difference
+from bundle_path import CONFIGS, use_bundle_scripts
+
+use_bundle_scripts()
+from scripts.data.modality_subset import modality_subsets  # noqa: E402
 
 
 def select_runs(
@@ -131,7 +120,7 @@ def summarise_subsets(evaluations: list[dict], subsets: list[list[str]], baselin
                       num_bootstrap: int = 10000) -> list[dict]:
     """One entry per (method, fraction): per subset, the mean +- std over seeds of Dice and HD95 and the share of
     the all-sequence Dice; the mean over subsets (mean +- std over seeds, seeds with every subset evaluated) and
-    its paired difference against ``baseline`` at the same fraction (:func:`benchmark.paired_difference` on each
+    its paired difference against ``baseline`` at the same fraction (:func:`benchmarking.statistics.paired_difference` on each
     test case's Dice averaged over the subsets)."""
     names = [subset_name(s) for s in subsets]
     groups: dict[tuple[str, float], list[dict]] = {}
@@ -157,15 +146,15 @@ def summarise_subsets(evaluations: list[dict], subsets: list[list[str]], baselin
         per_subset = {}
         for name in names:
             of = [r for r in rows if r["subset_name"] == name]
-            dice_mean, dice_std = _mean_std([r["dice"] for r in of])
-            hd_mean, hd_std = _mean_std([r["hd95"] for r in of])
+            dice_mean, dice_std = mean_std([r["dice"] for r in of])
+            hd_mean, hd_std = mean_std([r["hd95"] for r in of])
             per_subset[name] = {"seeds": sorted(r["seed"] for r in of), "dice_mean": dice_mean, "dice_std": dice_std,
                                 "hd95_mean": hd_mean, "hd95_std": hd_std}
         full = per_subset[names[0]]["dice_mean"]
         for entry in per_subset.values():
             entry["share_of_all"] = entry["dice_mean"] / full if full and entry["dice_mean"] is not None else None
         mean_rows = over_subsets(rows)
-        mean, std = _mean_std([r["dice"] for r in mean_rows])
+        mean, std = mean_std([r["dice"] for r in mean_rows])
         vs = None
         if method != baseline and (baseline, fraction) in groups:
             vs = paired_difference(mean_rows, over_subsets(groups[(baseline, fraction)]), num_bootstrap)
@@ -200,8 +189,8 @@ def write_subset_report(evaluations: list[dict], subsets: list[list[str]], outpu
     for s in summary:
         d, m = s["vs_baseline"], s["mean_over_subsets"]
         cells = [s["method"], _labeled(s)]
-        cells += [f"{_fmt(s['subsets'][n]['dice_mean'])} ± {_fmt(s['subsets'][n]['dice_std'])}" for n in names]
-        cells += [f"{_fmt(m['dice_mean'])} ± {_fmt(m['dice_std'])}",
+        cells += [f"{fmt(s['subsets'][n]['dice_mean'])} ± {fmt(s['subsets'][n]['dice_std'])}" for n in names]
+        cells += [f"{fmt(m['dice_mean'])} ± {fmt(m['dice_std'])}",
                   "—" if d is None else f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]",
                   "—" if d is None else f"{100 * d['win_rate']:.0f}% of {d['num_pairs']}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -216,13 +205,13 @@ def write_subset_report(evaluations: list[dict], subsets: list[list[str]], outpu
     lines += ["", "HD95 (mm), mean ± std over seeds (n/a: undefined, e.g. nothing predicted):", "",
               "| " + " | ".join(["method", "labeled", *names]) + " |", "|" + "---|" * (len(names) + 2)]
     for s in summary:
-        cells = [f"{_fmt(s['subsets'][n]['hd95_mean'], 1)} ± {_fmt(s['subsets'][n]['hd95_std'], 1)}" for n in names]
+        cells = [f"{fmt(s['subsets'][n]['hd95_mean'], 1)} ± {fmt(s['subsets'][n]['hd95_std'], 1)}" for n in names]
         lines.append("| " + " | ".join([s["method"], _labeled(s), *cells]) + " |")
     lines += ["", f"{len(evaluations)} evaluations; every command and figure: {output.with_suffix('.json').name}."]
     if failures:
         lines += ["", f"Failed evaluations ({len(failures)}; not in the tables above; the same command retries them):",
                   ""]
-        lines += [f"- {_failure_text(f)}" for f in failures]
+        lines += [f"- {failure_text(f)}" for f in failures]
     text = "\n".join(lines) + "\n"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
@@ -249,7 +238,7 @@ def run_subset_benchmark(
 ) -> list[dict]:
     """Evaluate every selected run of a benchmark report on every non-empty subset of its modalities; returns
     every evaluation's row (see the module docstring). Failed evaluations are reported, the others go on, and
-    :class:`benchmark.BenchmarkFailures` is raised at the end (the command line exits with status 1).
+    :class:`benchmarking.runs.BenchmarkFailures` is raised at the end (the command line exits with status 1).
 
     Args:
         report: the JSON report of `scripts/benchmark.py` (its `runs`, each with its `eval_command`).
@@ -271,7 +260,7 @@ def run_subset_benchmark(
         raise FileNotFoundError(f"benchmark report not found: {source}")
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}.")
-    runs = select_runs(_previous_runs(source), _as_list(methods), _as_list(fractions), _as_list(seeds), baseline)
+    runs = select_runs(previous_runs(source), as_list(methods), as_list(fractions), as_list(seeds), baseline)
     if not runs:
         raise ValueError(f"no run of {source} matches the selection (methods {methods}, fractions {fractions}, "
                          f"seeds {seeds}).")
@@ -293,7 +282,7 @@ def run_subset_benchmark(
             folder = root / name / subset_name(subset)
             values = dict(ids, **settings, output_dir=str(folder), eval_modalities=subset)
             plan.append((run, subset, folder, bundle_run_command(stack, **values)))
-    info = machine()
+    info = describe_machine(torch_threads=False)
     title = title or f"benchmark {source}; modalities {modalities[0]}; {len(runs)} runs x {len(subsets)} subsets"
     results: dict[int, dict] = {}
     failures: dict[int, dict] = {}
@@ -312,14 +301,14 @@ def run_subset_benchmark(
         try:
             key = shlex.join(cmd)
             metrics = folder / "metrics.json"
-            if _saved_times(folder).get("evaluated_command") == key and metrics.is_file():
-                _say(f"{tag}: already done, kept")
-                eval_s = float(_saved_times(folder).get("eval_s", 0.0))
+            if saved_times(folder).get("evaluated_command") == key and metrics.is_file():
+                say(f"{tag}: already done, kept")
+                eval_s = float(saved_times(folder).get("eval_s", 0.0))
             else:
                 metrics.unlink(missing_ok=True)  # no stale report of an earlier command
-                _say(f"{tag}: evaluating; live log {log}")
-                timer = _Timer(folder, "eval_s")
-                eval_s = _run(cmd, f"evaluation of {tag}", log, timer)
+                say(f"{tag}: evaluating; live log {log}")
+                timer = Timer(folder, "eval_s")
+                eval_s = run_logged(cmd, f"evaluation of {tag}", log, timer)
                 timer.save(evaluated_command=key)
             test = json.loads(metrics.read_text())
             if test.get("eval_modalities") != subset:
@@ -329,9 +318,9 @@ def run_subset_benchmark(
                    "num_labeled": run.get("num_labeled"), "seed": int(run["seed"]),
                    "split_seed": run.get("split_seed", run["seed"]), "subset": subset,
                    "subset_name": subset_name(subset), "dice": fused["dice"]["mean"], "hd95": fused["hd95"]["mean"],
-                   "case_dice": _case_dice(test), "num_cases": test["num_cases"], "eval_s": round(eval_s, 1),
+                   "case_dice": case_dice(test), "num_cases": test["num_cases"], "eval_s": round(eval_s, 1),
                    "command": key, "output_dir": str(folder)}
-            _say(f"{tag}: done, mean Dice {_fmt(row['dice'], 4)}, HD95 {_fmt(row['hd95'], 1)} mm")
+            say(f"{tag}: done, mean Dice {fmt(row['dice'], 4)}, HD95 {fmt(row['hd95'], 1)} mm")
             with lock:
                 results[index] = row
         except Exception as e:  # noqa: BLE001 - one failed evaluation must leave the others running
@@ -339,7 +328,7 @@ def run_subset_benchmark(
             failure = {"run": tag.split("] ", 1)[-1], "method": run["method"],
                        "labeled_fraction": float(run["labeled_fraction"]), "seed": int(run["seed"]),
                        "subset": subset, "stage": "evaluation", "reason": reason.splitlines()[0], "log": str(log)}
-            _say(f"{tag}: FAILED: {_failure_text(failure)}")
+            say(f"{tag}: FAILED: {failure_text(failure)}")
             with lock:
                 failures[index] = failure
         write()

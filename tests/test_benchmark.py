@@ -10,6 +10,10 @@ import sys
 
 import pytest
 
+from benchmarking.commands import bundle_run_command
+from benchmarking.report import previous_runs, write_report
+from benchmarking.runs import Timer
+from benchmarking.statistics import paired_difference
 from bundle_runner import REPO_ROOT, TINY_SYNTHETIC
 from scripts.data.datalist import resolve_datalist
 
@@ -77,7 +81,7 @@ def test_paired_difference_against_a_hand_computation():
     base = [_row("sup", 0.2, 0, {"a": 0.5, "b": 0.6, "c": 0.7}), _row("sup", 0.2, 1, {"a": 0.4, "b": 0.6, "c": 0.8})]
     meth = [_row("ws", 0.2, 0, {"a": 0.6, "b": 0.6, "c": 0.9}), _row("ws", 0.2, 1, {"a": 0.5, "b": 0.7, "c": 0.8}),
             _row("ws", 0.2, 2, {"a": 0.9, "b": 0.9, "c": 0.9})]  # seed 2 has no baseline: not paired
-    d = bench.paired_difference(meth, base, num_bootstrap=4000)
+    d = paired_difference(meth, base, num_bootstrap=4000)
     diffs = [0.1, 0.0, 0.2, 0.1, 0.1, 0.0]
     assert d["num_pairs"] == 6 and d["num_cases"] == 3 and d["seeds"] == [0, 1]
     assert d["mean"] == pytest.approx(sum(diffs) / 6)
@@ -87,16 +91,16 @@ def test_paired_difference_against_a_hand_computation():
     low, high = d["ci95"]
     assert 0.05 - 1e-9 <= low <= d["mean"] <= high <= 0.1 + 1e-9 and low < high
     # identical runs: a zero difference with a zero-width interval
-    same = bench.paired_difference(base, base, num_bootstrap=100)
+    same = paired_difference(base, base, num_bootstrap=100)
     assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0]
-    assert bench.paired_difference(meth[2:], base) is None
+    assert paired_difference(meth[2:], base) is None
 
 
 def test_report_gives_mean_std_over_seeds_share_of_full_and_paired_ci(tmp_path):
     rows = [_row("sup", 1.0, 0, {"a": 0.8, "b": 0.8}), _row("sup", 1.0, 1, {"a": 0.8, "b": 0.8}),
             _row("sup", 0.2, 0, {"a": 0.5, "b": 0.6}), _row("sup", 0.2, 1, {"a": 0.6, "b": 0.7}),
             _row("ws", 0.2, 0, {"a": 0.7, "b": 0.7}), _row("ws", 0.2, 1, {"a": 0.7, "b": 0.9})]
-    text = bench.write_report(rows, tmp_path / "t.md", title="two seeds", baseline="sup", num_bootstrap=1000)
+    text = write_report(rows, tmp_path / "t.md", title="two seeds", baseline="sup", num_bootstrap=1000)
     ws = next(line for line in text.splitlines() if line.startswith("| ws | 20%"))
     # seed means 0.7 and 0.8: mean 0.75, sample std 0.0707; 0.75 / 0.8 = 93.75% of full supervision
     assert "| 0,1 | 0.750 ± 0.071 |" in ws and "93.8%" in ws
@@ -110,10 +114,10 @@ def test_report_gives_mean_std_over_seeds_share_of_full_and_paired_ci(tmp_path):
 
 
 def test_timer_counts_the_time_before_a_resume(tmp_path):
-    first = bench._Timer(tmp_path, "train_s")
+    first = Timer(tmp_path, "train_s")
     first.before = 100.0  # as if 100 s had been spent already
     first.save()
-    again = bench._Timer(tmp_path, "train_s")
+    again = Timer(tmp_path, "train_s")
     assert again.before >= 100.0 and again.attempts == 2
     assert again.save() >= 100.0
 
@@ -276,13 +280,13 @@ def test_merged_report_keeps_the_machine_of_every_run(tmp_path):
     gpu = {"platform": "linux", "cuda": "NVIDIA H200"}
     (tmp_path / "cpu.json").write_text(json.dumps({"runs": [_row("sup", 0.2, 0, {"a": 0.5})], "machine": cpu}))
     (tmp_path / "gpu.json").write_text(json.dumps({"runs": [_row("ws", 0.2, 0, {"a": 0.7})], "machine": gpu}))
-    runs = bench._previous_runs(tmp_path / "cpu.json") + bench._previous_runs(tmp_path / "gpu.json")
+    runs = previous_runs(tmp_path / "cpu.json") + previous_runs(tmp_path / "gpu.json")
     assert [r["machine"] for r in runs] == [cpu, gpu]  # a report's one machine spreads to each of its runs
-    text = bench.write_report(runs, tmp_path / "m.md", baseline="sup", num_bootstrap=10, info={"platform": "here"})
+    text = write_report(runs, tmp_path / "m.md", baseline="sup", num_bootstrap=10, info={"platform": "here"})
     assert "- platform linux; cuda None: sup@0.2/seed0" in text
     assert "- platform linux; cuda NVIDIA H200: ws@0.2/seed0" in text
     assert "platform here" not in text  # not the machine that merged them
-    one = bench.write_report(runs[:1], tmp_path / "one.md", baseline="sup", num_bootstrap=10)
+    one = write_report(runs[:1], tmp_path / "one.md", baseline="sup", num_bootstrap=10)
     assert "Machine: platform linux; cuda None" in one
 
 
@@ -294,7 +298,7 @@ def test_one_command_builder_for_the_benchmark_tools(tmp_path):
     assert cmd[:5] == [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
     assert [p.rsplit("/", 1)[-1] for p in json.loads(cmd[5])] == ["train.yaml", "semicml.yaml", "supervised.yaml"]
     assert cmd[cmd.index("--labeled_fraction") + 1] == "0.2" and cmd[cmd.index("--roi_size") + 1] == "[32, 32]"
-    assert bench.bundle_run_command(["a.yaml"], resume=False, x=None) == [
+    assert bundle_run_command(["a.yaml"], resume=False, x=None) == [
         sys.executable, "-m", "monai.bundle", "run", "--config_file", '["a.yaml"]', "--resume", "false", "--x", "null"]
     with pytest.raises(FileNotFoundError, match="no config 'nope'"):
         sweep._command("nope", 0.2, tmp_path, {})

@@ -74,3 +74,17 @@ def test_layer_check_sees_relative_and_absolute_imports(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("from ..methods.cmc import X\nfrom scripts.distributed import y\nfrom . import z\nimport scripts.data\n")
     assert _imported_layers(module, ["scripts", "engine"]) == {"methods", "distributed", "engine", "data"}
+
+
+def test_only_bundle_path_edits_sys_path_in_the_tools():
+    """The tools reach the bundle's `scripts` package through scripts/bundle_path.py only (issue 25)."""
+    import ast
+
+    editors = []
+    for path in sorted((REPO_ROOT / "scripts").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name)
+                    and node.value.id == "sys"):
+                editors.append(str(path.relative_to(REPO_ROOT)))
+                break
+    assert editors == ["scripts/bundle_path.py"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -16,13 +15,14 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
+from benchmarking.commands import bundle_run_command
+from benchmarking.runs import RunFailed
 from bundle_runner import CONFIGS, REPO_ROOT
 from scripts.data.modality_subset import KeepModalitiesd, kept_modalities, modality_subsets
 
 _spec = importlib.util.spec_from_file_location("subset_benchmark", REPO_ROOT / "scripts" / "subset_benchmark.py")
 sb = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sb)
-bench = sys.modules["benchmark"]  # the module subset_benchmark imports its statistics from
 
 MODALITIES = ["t1", "t2", "flair"]
 
@@ -125,7 +125,7 @@ def _benchmark_row(method: str, channels: list[int], seed: int, datalist: Path, 
     run_dir = tmp / "bench" / f"{method}_0.5_seed{seed}"
     run_dir.mkdir(parents=True)
     torch.save(ChannelThresholdNet(channels).state_dict(), run_dir / "model.pt")
-    command = bench.bundle_run_command(
+    command = bundle_run_command(
         [str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")], datalist_file=str(datalist),
         labeled_fraction=0.5, seed=seed, split_seed=seed, ckpt_dir=str(run_dir), output_dir=str(run_dir / "test"),
         eval_split="testing", modalities=["a", "b", "c"], class_names=["fg"], roi_size=[24, 24],
@@ -196,7 +196,7 @@ def fake_evaluations(tmp_path, monkeypatch):
         method, seed = Path(ids["--ckpt_dir"]).name, int(ids["--seed"])
         calls.append(f"{method} {seed} {'+'.join(subset)}")
         if (flags / f"{method}_{seed}_{'+'.join(subset)}").exists():
-            raise bench.RunFailed(f"{what} failed (exit 3); log: {log}", log, 3)
+            raise RunFailed(f"{what} failed (exit 3); log: {log}", log, 3)
         dice = _DICE[(method, seed)][[["x", "y"], ["x"], ["y"]].index(subset)]
         cases = [{"case": c, "fused": {"dice": {"mean": dice}}} for c in ("c1", "c2")]
         summary = {"fused": {"dice": {"mean": dice}, "hd95": {"mean": 10 * dice}}}
@@ -205,10 +205,10 @@ def fake_evaluations(tmp_path, monkeypatch):
             {"summary": summary, "cases": cases, "num_cases": 2, "eval_modalities": subset}))
         return 0.5
 
-    monkeypatch.setattr(sb, "_run", fake_run)
+    monkeypatch.setattr(sb, "run_logged", fake_run)
     runs = []
     for (method, seed) in _DICE:
-        command = bench.bundle_run_command([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
+        command = bundle_run_command([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")],
                                            seed=seed, ckpt_dir=str(tmp_path / method), modalities=["x", "y"])
         runs.append({"method": method, "labeled_fraction": 0.2, "num_labeled": 4, "seed": seed, "split_seed": seed,
                      "eval_command": shlex.join(command)})
@@ -260,12 +260,12 @@ def test_report_over_seeds_and_a_retry_of_the_failed_evaluation_only(fake_evalua
 def test_commands_come_from_the_benchmark_with_this_checkout_s_configs(tmp_path):
     elsewhere = "/old/checkout/bundle/configs"
     plan = tmp_path / "plan.yaml"
-    command = bench.bundle_run_command([f"{elsewhere}/train.yaml", str(plan), f"{elsewhere}/evaluate.yaml"],
+    command = bundle_run_command([f"{elsewhere}/train.yaml", str(plan), f"{elsewhere}/evaluate.yaml"],
                                        num_threads=2, eval_split="testing")
     stack, ids = sb.parse_bundle_command(shlex.join(command))
     assert stack == [str(CONFIGS / "train.yaml"), str(plan), str(CONFIGS / "evaluate.yaml")]
     assert ids == {"num_threads": "2", "eval_split": "testing"}
     with pytest.raises(ValueError, match="not an evaluation command"):
-        sb.parse_bundle_command(shlex.join(bench.bundle_run_command([str(CONFIGS / "train.yaml")])))
+        sb.parse_bundle_command(shlex.join(bundle_run_command([str(CONFIGS / "train.yaml")])))
     assert sb.run_modalities([str(CONFIGS / "train.yaml"), str(CONFIGS / "planned.yaml"), str(CONFIGS / "cardiac.yaml")],
                              {}) == ["c0", "lge", "t2"]

@@ -19,9 +19,8 @@ from monai.data import MetaTensor
 
 from bundle_runner import CONFIGS, REPO_ROOT, config_files, run_bundle
 
-sys.path.append(str(REPO_ROOT / "scripts"))
-from planning import dataset_fingerprint, plan_from_fingerprint, plan_yaml  # noqa: E402
-from planning.rules import DEVICES  # noqa: E402
+from planning import dataset_fingerprint, plan_from_fingerprint, plan_yaml  # the tools' folder: conftest.py
+from planning.rules import DEVICES
 
 from scripts.data.intensity import ModalityIntensityd  # noqa: E402
 from scripts.data.slice_axis import SliceAxisLastd, thin_axis  # noqa: E402

@@ -10,7 +10,7 @@ family on one shared base:
 - ``amos``: AMOS 2022 (unpaired CT and MRI scans, paired per split).
 
 The top-level ``scripts/`` folder is not a package: this one is imported with that folder on
-``sys.path`` (``prepare_datalist.py`` puts it there).
+``sys.path`` (see ``bundle_path.py``).
 """
 
 from .amos import amos

@@ -15,15 +15,14 @@ import inspect
 import json
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-_BUNDLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bundle")
-if _BUNDLE not in sys.path:
-    sys.path.insert(0, _BUNDLE)  # the bundle's components, importable as `scripts`
+from bundle_path import use_bundle_scripts
+
+use_bundle_scripts()
 from scripts.data.datalist import select_labeled  # noqa: E402
 from scripts.engine.atomic_checkpoint import atomic_write_bytes  # noqa: E402
 from scripts.errors import FlagError, as_bool  # noqa: E402

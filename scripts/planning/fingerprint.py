@@ -121,12 +121,10 @@ def dataset_fingerprint(
     as the run reads it (``allow_missing_modalities``, ``own_grids``: see ``scripts.data.datalist``; on
     own grids every sequence is a case of its own, with its own geometry and label)."""
     import json
-    import sys
-    from pathlib import Path
 
-    bundle = Path(__file__).resolve().parents[2] / "bundle"
-    if str(bundle) not in sys.path:
-        sys.path.insert(0, str(bundle))
+    from bundle_path import use_bundle_scripts
+
+    use_bundle_scripts()
     from scripts.data.datalist import load_datalist
 
     if not os.path.isfile(datalist_file):

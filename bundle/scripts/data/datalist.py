@@ -206,7 +206,15 @@ def load_datalist(
             raw_cases = []
         result[split] = [
             normalise_case(
-                raw, split, position, names, base_dir, check_files, problems, order, allow_missing_modalities or own_grids,
+                raw,
+                split,
+                position,
+                names,
+                base_dir,
+                check_files,
+                problems,
+                order,
+                allow_missing_modalities or own_grids,
                 own_grids,
             )
             for position, raw in enumerate(raw_cases)
@@ -468,7 +476,9 @@ def normalise_case(
             return None
         return [paths[i] for i in index]
 
-    missing_hint = "" if allow_missing_modalities else "; a case may lack sequences with --allow_missing_modalities true"
+    missing_hint = (
+        "" if allow_missing_modalities else "; a case may lack sequences with --allow_missing_modalities true"
+    )
 
     def resolve_image(p: Any, key: str) -> str | None:
         """One modality's path, or None for a missing one (when allowed)."""
@@ -494,7 +504,8 @@ def normalise_case(
             ordered = reorder(image, "image")
             if ordered is not None:
                 case["image"] = [
-                    resolve_image(p, f"image[{list_order[0].index(m)}]") for p, m in zip(ordered, modalities, strict=False)
+                    resolve_image(p, f"image[{list_order[0].index(m)}]")
+                    for p, m in zip(ordered, modalities, strict=False)
                 ]
         elif isinstance(image, list):
             if len(image) != len(modalities):

@@ -67,7 +67,7 @@ def _cases_from_image(image: Any, modalities: Sequence[str], allow_missing: bool
             raise InputError(
                 f"--image: got {len(image)} files for {len(modalities)} modalities ({', '.join(modalities)}); "
                 "give one file per modality in that order, one multi-channel file, or "
-                f"{{modality: file}} for the sequences you have, e.g. \"{{'{modalities[-1]}': 'case.nii.gz'}}\"."
+                f"{{modality: file}} for the sequences you have, e.g. \"{{{modalities[-1]!r}: 'case.nii.gz'}}\"."
             )
         missing = missing_modalities(image, modalities)
         if len(missing) == len(modalities):

@@ -1,15 +1,13 @@
 # Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from ..engine.method import SemiSupervisedMethod, StepOutput
-from ..networks.wrapped_network import unwrap_network
+from .teacher import ema_teacher, update_teacher
 
 __all__ = ["MeanTeacherMethod"]
 
@@ -32,10 +30,10 @@ class MeanTeacherMethod(SemiSupervisedMethod):
         theta_teacher <- a * theta_teacher + (1 - a) * theta_student,  a = min(1 - 1 / (t + 1), ema_decay)
 
     where ``t`` counts the updates from 0 (the warm-up of the original implementation: early on the
-    teacher is close to the plain average of the student's weights). The teacher is a
-    ``torch.optim.swa_utils.AveragedModel`` of the network with that average function; its
-    ``n_averaged`` is ``t`` (:attr:`ema_updates`). Buffers (e.g. BatchNorm running statistics) are
-    copied from the student.
+    teacher is close to the plain average of the student's weights). The teacher is the
+    ``torch.optim.swa_utils.AveragedModel`` of :func:`~scripts.methods.teacher.ema_teacher` with that
+    warm-up; its ``n_averaged`` is ``t`` (:attr:`ema_updates`). Buffers (e.g. BatchNorm running
+    statistics) are copied from the student.
 
     With a multimodal network that exposes ``forward_modalities`` (``CMCNet``,
     ``DecoupledMultiModalNet``) the supervised term covers every modality head
@@ -79,17 +77,11 @@ class MeanTeacherMethod(SemiSupervisedMethod):
         self.noise_std = float(noise_std)
         self.register_module("teacher", None)
 
-    def _average(self, teacher: torch.Tensor, student: torch.Tensor, updates: torch.Tensor) -> torch.Tensor:
-        """The EMA with warm-up, as ``AveragedModel``'s ``avg_fn`` (``updates``: its ``n_averaged``)."""
-        decay = min(1.0 - 1.0 / (float(updates) + 1.0), self.ema_decay)
-        return decay * teacher + (1.0 - decay) * student
-
     def setup(self, network: nn.Module) -> None:
         """Create the teacher: an ``AveragedModel`` of a frozen deep copy of the (unwrapped) network."""
         if self.teacher is None:
-            # use_buffers=False: the buffers are copied from the student, not averaged (after_optimizer_step)
-            self.teacher = AveragedModel(copy.deepcopy(unwrap_network(network)), avg_fn=self._average)
-            self.teacher.requires_grad_(False)
+            # buffers copied from the student at every update, not averaged
+            self.teacher = ema_teacher(network, self.ema_decay, warmup=True, average_buffers=False)
 
     @property
     def ema_updates(self) -> torch.Tensor:
@@ -119,15 +111,10 @@ class MeanTeacherMethod(SemiSupervisedMethod):
             terms.update(loss_consistency=consistency, weight_consistency=weight)
         return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))
 
-    @torch.no_grad()
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:
-        """EMA update of the teacher from the student's current weights."""
-        if self.teacher is None:
-            return
-        network = unwrap_network(network)
-        self.teacher.update_parameters(network)
-        for t, s in zip(self.teacher.module.buffers(), network.buffers(), strict=True):
-            t.copy_(s)
+        """EMA update of the teacher from the student's current weights (and a copy of its buffers)."""
+        if self.teacher is not None:
+            update_teacher(self.teacher, network)
 
     def extra_repr(self) -> str:
         return f"ema_decay={self.ema_decay}, noise_std={self.noise_std}"

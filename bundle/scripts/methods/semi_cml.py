@@ -7,7 +7,6 @@ semi-supervised medical image segmentation", Medical Image Analysis 83 (2023) 10
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,7 @@ from ..engine.module_broadcast import broadcast_module_state, broadcast_object, 
 from ..losses.multi_head import MultiHeadSupervisedLoss
 from ..networks.modality_presence import modality_presence
 from ..networks.wrapped_network import unwrap_network
+from .teacher import frozen_copy
 
 __all__ = ["SemiCMLMethod", "average_state_dicts", "strongest_modality", "stochastic_pseudo_labels"]
 
@@ -285,10 +285,10 @@ class SemiCMLMethod(SemiSupervisedMethod):
         if len(self.snapshots) != self.num_modalities:
             self.snapshots = [[] for _ in range(self.num_modalities)]
         if self.teacher is None:
-            teacher = copy.deepcopy(network.modality_network(0))
-            for p in teacher.parameters():
-                p.requires_grad_(False)
-            self.teacher = teacher
+            # a plain frozen module, not the EMA teacher of scripts.methods.teacher: PReL's teacher does not
+            # follow the student, it is loaded once (build_teacher) with the average of the strongest
+            # modality's best snapshots; its state_dict keys are the modality network's (``teacher.<name>``)
+            self.teacher = frozen_copy(network.modality_network(0))
 
     def get_extra_state(self) -> dict[str, Any]:
         """Stage, chosen modality and snapshots (plain containers and tensors: ``weights_only`` loadable)."""

@@ -1,17 +1,17 @@
 # Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ..data.strong_views import StrongView
 from ..engine.method import SemiSupervisedMethod, StepOutput
 from ..losses.confidence_masked import confident_pseudo_labels
 from ..networks.wrapped_network import unwrap_network
+from .teacher import ema_teacher, update_teacher
 
 __all__ = ["WeakStrongConsistencyMethod"]
 
@@ -99,19 +99,14 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
 
     def setup(self, network: nn.Module) -> None:
         if self.ema_decay is not None:
-            # the plain network is averaged (a DDP wrapper holds no weights of its own)
-            self.teacher = AveragedModel(
-                copy.deepcopy(unwrap_network(network)),
-                multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
-                use_buffers=True,
-            )
-            self.teacher.requires_grad_(False)
+            # constant decay; buffers (e.g. BatchNorm statistics) averaged like the weights
+            self.teacher = ema_teacher(network, self.ema_decay)
         if self.feature_dropout > 0:
             unwrap_network(network).get_submodule(self.feature_module)  # fails early on a wrong name
 
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:
         if self.teacher is not None:
-            self.teacher.update_parameters(unwrap_network(network))
+            update_teacher(self.teacher, network)
 
     @torch.no_grad()
     def pseudo_labels(self, network: nn.Module, unlabeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

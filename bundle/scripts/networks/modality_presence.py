@@ -112,7 +112,6 @@ class ModalityPresenceInput(nn.Module):
         return self.network(torch.cat([image, maps], dim=1))
 
 
-
 def with_presence_input(network: Callable[..., nn.Module], num_modalities: int, enabled: Any = False) -> nn.Module:
     """The configs' switch (``unet.yaml``'s ``modality_presence_input``).
 
