@@ -12,6 +12,10 @@ Examples:
     python scripts/check_datalist.py --datalist /data/x/datalist.json --dataset_dir /data/x \
         --modalities "['t1','t2']" --num_classes 4 --spatial_dims 3
     python scripts/check_datalist.py --datalist /data/huge/datalist.json --no_voxels   # headers only
+    # sequences on their own grids (one label per sequence, cases may lack sequences)
+    python scripts/check_datalist.py --datalist /data/mrus/datalist.json --own_grids true
+    # co-registered sequences, some cases lacking one (one label per case)
+    python scripts/check_datalist.py --datalist /data/x/datalist.json --allow_missing_modalities true
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from bundle_path import use_bundle_scripts
 use_bundle_scripts()
 from scripts.data.case_validation import inspect_cases  # noqa: E402
 from scripts.data.datalist import DatalistError, load_datalist  # noqa: E402
+from scripts.errors import FlagError, as_bool  # noqa: E402
 
 
 def _as_names(modalities) -> list[str] | None:
@@ -58,6 +63,8 @@ def check(
     spatial_dims: int | None = None,
     coregistered: bool = True,
     affine_atol: float = 1e-3,
+    own_grids: bool = False,
+    allow_missing_modalities: bool = False,
 ) -> int:
     """
     Print every problem of ``datalist`` and a summary; return the exit status (0: clean, 1: problems).
@@ -72,11 +79,31 @@ def check(
         spatial_dims: 2 or 3: check every file's layout against it (default: not checked).
         coregistered: the images of a case must share one voxel grid (``--nocoregistered`` to skip).
         affine_atol: tolerance (mm) between the affine of a label and that of its image.
+        own_grids: the sequences of a case are on their own grids, not registered (the bundle's
+            ``own_grids``): one label per sequence it has, ``"label": {modality: path}``. Every case
+            is checked as the bundle reads it, split into one case per sequence (``<case>_<modality>``)
+            holding one image and its own label: the label's grid is checked against its image's,
+            sequences are not compared with each other (no co-registration check).
+        allow_missing_modalities: a case may lack sequences (the bundle's ``allow_missing_modalities``;
+            implied by ``own_grids``).
     """
     names = _as_names(modalities)
     problems: list[str] = []
     try:
-        data = load_datalist(datalist, dataset_dir=dataset_dir, modalities=names)
+        own_grids = as_bool(own_grids, "own_grids")
+        allow_missing_modalities = as_bool(allow_missing_modalities, "allow_missing_modalities")
+    except FlagError as e:
+        print(f"error: {e}")
+        print("summary: the datalist was not checked")
+        return 1
+    options = dict(
+        dataset_dir=dataset_dir,
+        modalities=names,
+        own_grids=own_grids,
+        allow_missing_modalities=allow_missing_modalities,
+    )
+    try:
+        data = load_datalist(datalist, **options)
     except FileNotFoundError as e:
         print(f"error: {e}")
         print("summary: the datalist could not be read")
@@ -86,7 +113,7 @@ def check(
         # structure problems hide the files' problems; when missing files are the only ones, the
         # other files can still be checked, so that a single run reports everything
         try:
-            data = load_datalist(datalist, dataset_dir=dataset_dir, modalities=names, check_files=False)
+            data = load_datalist(datalist, check_files=False, **options)
         except DatalistError:
             data = None
     except ValueError as e:
@@ -114,6 +141,8 @@ def check(
         print(problem)
     if data is not None:
         scope = f"{cases} cases, {files} files opened"
+        if own_grids:
+            scope = f"{cases} cases (one per sequence: own grids), {files} files opened"
     else:
         scope = "case files not checked (fix the datalist first)"
     if unchecked:

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write a bundle datalist (see bundle/docs/README.md) for a public multimodal dataset on disk.
+"""Write a bundle datalist (see bundle/docs/README.md) for a public multimodal dataset, or any dataset with
+one folder per case, on disk.
 
 One sub-command per dataset family; every one validates what it reads, collects every problem
 (case, expected file, folder) and fails with all of them at once before writing anything, splits
@@ -14,7 +15,9 @@ codes are written to a separate folder (``--label_dir``).
     python scripts/prepare_datalist.py brats2013 --data_dir /data/brats2013
     python scripts/prepare_datalist.py brats2021 --data_dir /data/BraTS2021 --label_map "{4: 3}"
     python scripts/prepare_datalist.py msd --data_dir /data/Task01_BrainTumour
-    python scripts/prepare_datalist.py amos --data_dir /data/amos22 --pairing cycle
+    python scripts/prepare_datalist.py amos --data_dir /data/amos22 --pairing none
+    python scripts/prepare_datalist.py folders --data_dir /data/mrus --modalities "['mr','trus']" \
+        --own_grids true --label_suffix _gland
 
 Common options: ``--output`` (default ``<data_dir>/datalist.json``), ``--num_validation`` /
 ``--validation_fraction``, ``--num_testing`` / ``--testing_fraction`` (default: fraction 0.2 each),

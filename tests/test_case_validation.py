@@ -435,3 +435,88 @@ def test_cli_structure_problems_and_unreadable_datalist(tmp_path):
     proc = _run_tool([str(TOOL), "--datalist", str(tmp_path / "nope.json")], tmp_path)
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[0] == f"error: datalist file not found: {tmp_path / 'nope.json'}"
+
+
+# ---------------------------------------------------------------------------------------------
+# check_datalist with sequences on their own grids (--own_grids) and missing sequences
+
+
+def _own_grid_dataset(root: Path) -> str:
+    """Two patients with MR and US on different grids (shape, spacing, origin), one label each; the
+    second patient lacks its US sequence. Returns the datalist path."""
+    us_affine = np.diag([1.5, 1.5, 1.0, 1.0])
+    us_affine[:3, 3] = [30.0, -12.0, 0.0]
+    cases = []
+    for name, has_us in (("p1", True), ("p2", False)):
+        case = {"case": name, "mr": f"{name}_mr.nii.gz", "label": {"mr": f"{name}_mr_seg.nii.gz"}}
+        _nifti(root / case["mr"], _image(1))
+        _nifti(root / case["label"]["mr"], _label())
+        if has_us:
+            case["us"] = f"{name}_us.nii.gz"
+            case["label"]["us"] = f"{name}_us_seg.nii.gz"
+            _nifti(root / case["us"], _image(2, shape=(12, 10)), us_affine)
+            _nifti(root / case["label"]["us"], _label(shape=(12, 10)), us_affine)
+        cases.append(case)
+    path = root / "datalist.json"
+    path.write_text(json.dumps({"modalities": ["mr", "us"], "training": cases}, indent=1))
+    return str(path)
+
+
+def test_cli_own_grids(tmp_path):
+    datalist = _own_grid_dataset(tmp_path / "ds")
+    proc = _run_tool([str(TOOL), "--datalist", datalist, "--num_classes", "4", "--own_grids", "true"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == (
+        f"summary: {datalist}: no problems (3 cases (one per sequence: own grids), 6 files opened; headers and voxels)\n"
+    )
+    # as one grid: the missing US sequence and the per-modality labels are refused, unchecked
+    proc = _run_tool([str(TOOL), "--datalist", datalist], tmp_path)
+    assert proc.returncode == 1 and "training case 'p2': key 'us': missing" in proc.stdout, proc.stdout
+
+
+def test_check_own_grids_checks_each_label_on_its_own_image(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_datalist_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = tmp_path / "ds"
+    datalist = _own_grid_dataset(root)
+    # with every sequence present, the co-registration check (without --own_grids) compares US with MR
+    content = json.loads(Path(datalist).read_text())
+    content["training"] = content["training"][:1]
+    one = root / "one.json"
+    one.write_text(json.dumps(content))
+    assert tool.check(str(one)) == 1
+    out = capsys.readouterr().out
+    assert "training case 'p1': key 'image[1]' (us): spatial shape (12, 10) differs from image[0] (mr)" in out
+    assert tool.check(str(one), own_grids=True) == 0
+    capsys.readouterr()
+    # own grids: a label off its own image's grid is reported on the split case; the other sequence is not
+    bad_affine = np.diag([1.5, 1.5, 1.0, 1.0])
+    _nifti(root / "p1_us_seg.nii.gz", _label(shape=(12, 10)), bad_affine)  # US label, origin moved
+    _nifti(root / "p2_mr_seg.nii.gz", _label(shape=(12, 10)))  # MR label on another shape
+    assert tool.check(datalist, own_grids="true") == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("training case 'p1_us': key 'label': ") and "p1_us_seg.nii.gz" in lines[0]
+    assert lines[1].startswith("training case 'p2_mr': key 'label': ") and "(12, 10)" in lines[1]
+    assert lines[2].endswith("2 problems (3 cases (one per sequence: own grids), 6 files opened; headers and voxels)")
+
+
+def test_check_allow_missing_modalities(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_datalist_tool", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root = tmp_path / "ds"
+    entry = _case(root, "a")
+    del entry["t2"]  # a co-registered case lacking one sequence, one label on the shared grid
+    datalist = _write_datalist(root, {"training": [entry, _case(root, "b")]})
+    assert tool.check(datalist, num_classes=4) == 1
+    assert "key 't2': missing" in capsys.readouterr().out
+    assert tool.check(datalist, num_classes=4, allow_missing_modalities=True) == 0
+    assert capsys.readouterr().out.endswith("no problems (2 cases, 7 files opened; headers and voxels)\n")
+    assert tool.check(datalist, allow_missing_modalities="maybe") == 1
+    assert "--allow_missing_modalities must be true or false" in capsys.readouterr().out

@@ -236,9 +236,11 @@ def test_sub_commands_keep_their_command_line():
         "brats2021": folder,
         "msd": ["dataset_json", "include_test_images", "check_labels"],
         "amos": ["pairing", "mri_min_id", "include_test_images", "check_labels"],
+        "folders": ["modalities", "own_grids", "label_suffix", "allow_missing_modalities", "allow_unlabeled",
+                    "class_names", "check_labels"],
     }
     heading = {"myops": "MyoPS 2020", "brats2013": "BRATS 2013/2015", "brats2021": "BraTS 2021-2023",
-               "msd": "Medical Segmentation Decathlon", "amos": "AMOS 2022"}
+               "msd": "Medical Segmentation Decathlon", "amos": "AMOS 2022", "folders": "Case folders"}
     assert list(prep.COMMANDS) == list(own)
     for name, command in prep.COMMANDS.items():
         parameters = inspect.signature(command).parameters
@@ -469,3 +471,209 @@ def test_cli_number_like_paths_stay_paths(tmp_path, monkeypatch):
     assert prep.main(["myops", "2024", "--output", "123", "--num_validation", "1", "--num_testing", "0"]) == 0
     datalist = json.loads((tmp_path / "123").read_text())
     assert len(datalist["training"]) == 3 and datalist["validation"][0]["c0"].startswith("2024/")
+
+
+# ---------------------------------------------------------------------------------------------
+# AMOS, one case per scan (--pairing none)
+
+
+def test_amos_pairing_none_one_case_per_scan(tmp_path):
+    data = _make_amos(tmp_path / "amos")
+    out = tmp_path / "d.json"
+    prep.amos(str(data), output=str(out), pairing="none", num_validation=1, num_testing=1, seed=2)
+    content = json.loads(out.read_text())
+    assert content["modalities"] == ["ct", "mri"] and content["pairing"]["mode"] == "none"
+    scan_split: dict[str, str] = {}
+    for split in SPLITS:
+        for case in content[split]:
+            scan = case["case"]
+            modality = "mri" if int(scan.split("_")[1]) >= 500 else "ct"
+            assert set(case) == ({"case", modality} | ({"label"} if split != "unlabeled" else set())), case
+            assert case[modality] == f"amos/{'imagesTs' if scan in ('amos_0100', 'amos_0600') else 'imagesTr'}/{scan}.nii.gz"
+            if split != "unlabeled":
+                assert case["label"] == {modality: f"amos/labelsTr/{scan}.nii.gz"}
+            assert scan not in scan_split  # every scan exactly once
+            scan_split[scan] = split
+    assert len(scan_split) == 7 + 4 + 2  # every labeled scan and both test images
+    # splits per modality, as with pairing: 1 validation and 1 testing scan of each modality
+    for split in ("validation", "testing"):
+        assert sorted("mri" if int(c["case"][5:]) >= 500 else "ct" for c in content[split]) == ["ct", "mri"]
+    # the same scans in each split as the paired modes (the split is per scan, before pairing)
+    paired = tmp_path / "paired.json"
+    prep.amos(str(data), output=str(paired), pairing="cycle", num_validation=1, num_testing=1, seed=2)
+    for split in ("validation", "testing"):
+        pairs = json.loads(paired.read_text())[split]
+        assert sorted(s for c in pairs for s in c["case"].split("+")) == sorted(c["case"] for c in content[split])
+    loaded = load_datalist(str(out), own_grids=True)
+    assert len(loaded["training"]) == 5 + 2 and all(sum(p is not None for p in c["image"]) == 1 for c in loaded["training"])
+    assert all(isinstance(c["label"], str) for c in loaded["training"])
+    with pytest.raises(ValueError, match="missing"):
+        load_datalist(str(out))  # one modality per case: an own-grid (or missing-modality) datalist
+    again = tmp_path / "again.json"
+    prep.amos(str(data), output=str(again), pairing="none", num_validation=1, num_testing=1, seed=2)
+    assert again.read_text() == out.read_text()
+    with pytest.raises(prep.PreparationError, match="--pairing must be 'none', 'cycle' or 'truncate'"):
+        prep.amos(str(data), output=str(tmp_path / "x.json"), pairing="nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# generic case folders (folders)
+
+SHARED_MRUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "prostate_mrus" / "cases"
+GRIDS = {"mr": (8, 8, 4), "trus": (6, 7, 5)}
+
+
+def _mask(shape) -> np.ndarray:
+    label = np.zeros(shape, dtype=np.uint8)
+    label[1:4, 1:4, 1:3] = 1
+    return label
+
+
+def _make_folders(root: Path, n: int = 8, own_grids: bool = True, suffix: str = "_gland") -> Path:
+    """n case folders p0..: MR and TRUS on their own grids (own_grids) or one grid, labels named with suffix."""
+    for i in range(n):
+        case = f"p{i}"
+        for m, shape in GRIDS.items():
+            shape = shape if own_grids else GRIDS["mr"]
+            _nii(root / case / f"{case}_{m}.nii.gz", _image(shape))
+            if own_grids:
+                _nii(root / case / f"{case}_{m}{suffix}.nii.gz", _mask(shape))
+        if not own_grids:
+            _nii(root / case / f"{case}{suffix}.nii.gz", _mask(GRIDS["mr"]))
+    return root
+
+
+def test_folders_own_grids_per_sequence_labels_and_loads(tmp_path):
+    data = _make_folders(tmp_path / "mrus")
+    out = tmp_path / "d.json"
+    prep.folders(str(data), output=str(out), modalities=["mr", "trus"], own_grids=True, label_suffix="_gland",
+                 num_validation=1, num_testing=1, labeled_fraction=0.5, seed=3)
+    content = json.loads(out.read_text())
+    assert content["modalities"] == ["mr", "trus"] and content["labels"] == {"background": 0, "class_1": 1}
+    assert content["preparation"]["own_grids"] is True
+    ids = _ids(content)
+    _assert_disjoint(ids)
+    assert len(ids["training"]) == 3 and len(ids["unlabeled"]) == 3  # 6 training patients, half labeled
+    case = next(c for c in content["training"])
+    p = case["case"]
+    assert case == {"case": p, "mr": f"mrus/{p}/{p}_mr.nii.gz", "trus": f"mrus/{p}/{p}_trus.nii.gz",
+                    "label": {"mr": f"mrus/{p}/{p}_mr_gland.nii.gz", "trus": f"mrus/{p}/{p}_trus_gland.nii.gz"}}
+    assert all("label" not in c for c in content["unlabeled"])
+    # the split is per patient, the same as the co-registered tools' (split_cases + select_labeled)
+    parts = prep.split_cases([f"p{i}" for i in range(8)], 1, 1, 3)
+    assert ids["validation"] == parts["validation"] and ids["testing"] == parts["testing"]
+    loaded = load_datalist(str(out), own_grids=True)
+    assert sorted(c["case"] for c in loaded["training"]) == sorted(f"{c}_{m}" for c in ids["training"] for m in GRIDS)
+    # the loader splits every case into one case per sequence with that sequence's own label
+    first = {c["case"]: c for c in loaded["training"]}[f"{p}_trus"]
+    assert first["image"][0] is None and first["label"].endswith(f"{p}_trus_gland.nii.gz")
+    again = tmp_path / "again.json"
+    prep.folders(str(data), output=str(again), modalities=["mr", "trus"], own_grids=True, label_suffix="_gland",
+                 num_validation=1, num_testing=1, labeled_fraction=0.5, seed=3)
+    assert again.read_text() == out.read_text()
+    with pytest.raises(prep.PreparationError, match="--overwrite"):
+        prep.folders(str(data), output=str(out), modalities=["mr", "trus"], own_grids=True, label_suffix="_gland")
+
+
+def test_folders_missing_sequences(tmp_path):
+    data = _make_folders(tmp_path / "mrus", n=6)
+    for name in ("p2_trus.nii.gz", "p2_trus_gland.nii.gz", "p4_mr.nii.gz", "p4_mr_gland.nii.gz"):
+        (data / name[:2] / name).unlink()
+    args = dict(modalities="mr,trus", own_grids=True, label_suffix="_gland", num_validation=1, num_testing=1)
+    with pytest.raises(prep.PreparationError) as info:
+        prep.folders(str(data), output=str(tmp_path / "d.json"), **args)
+    message = str(info.value)
+    assert "(2 problems)" in message, message
+    assert f"case 'p2': missing p2_trus.nii.gz (trus) in {data / 'p2'}" in message
+    assert f"case 'p4': missing p4_mr.nii.gz (mr) in {data / 'p4'}" in message
+    assert "--allow_missing_modalities true" in message
+    assert not (tmp_path / "d.json").exists()
+
+    out = tmp_path / "d.json"
+    prep.folders(str(data), output=str(out), allow_missing_modalities=True, **args)
+    cases = {c["case"]: c for s in SPLITS for c in json.loads(out.read_text())[s]}
+    assert "trus" not in cases["p2"] and "mr" in cases["p2"] and set(cases["p2"].get("label", {"mr": 0})) == {"mr"}
+    assert "mr" not in cases["p4"] and set(cases["p4"].get("label", {"trus": 0})) == {"trus"}
+    loaded = load_datalist(str(out), own_grids=True)
+    split_ids = {c["case"] for s in SPLITS for c in loaded[s]}
+    assert "p2_mr" in split_ids and "p2_trus" not in split_ids and "p4_trus" in split_ids and "p4_mr" not in split_ids
+
+
+def test_folders_label_problems_reported_together(tmp_path):
+    data = _make_folders(tmp_path / "mrus", n=6)
+    (data / "p1" / "p1_trus_gland.nii.gz").unlink()  # a labeled patient without its TRUS label
+    for m in GRIDS:
+        (data / "p3" / f"p3_{m}_gland.nii.gz").unlink()  # an unlabeled patient
+    _nii(data / "p5" / "p5_mr_gland.nii.gz", _mask(GRIDS["trus"]))  # the MR label on the TRUS grid
+    _nii(data / "p0" / "p0_mr_gland.nii.gz", _mask(GRIDS["mr"]) * 7)  # a code outside --class_names
+    args = dict(modalities=["mr", "trus"], own_grids=True, label_suffix="_gland", num_validation=1,
+                num_testing=1, class_names=["gland"])
+    with pytest.raises(prep.PreparationError) as info:
+        prep.folders(str(data), output=str(tmp_path / "d.json"), **args)
+    message = str(info.value)
+    assert "(4 problems)" in message, message
+    assert "case 'p1': missing label p1_trus_gland.nii.gz (trus)" in message
+    assert "case 'p3': missing labels p3_mr_gland.nii.gz, p3_trus_gland.nii.gz" in message
+    assert "--allow_unlabeled true" in message
+    assert "case 'p5': images and label are not on one grid (shapes mr (8, 8, 4), label of mr (6, 7, 5))" in message
+    assert "case 'p0': label" in message and "unknown codes [7]" in message
+    # the co-registered layout: one shared label per case, whose absence is named with the right rule
+    with pytest.raises(prep.PreparationError, match="own_grids true"):
+        prep.folders(str(data), output=str(tmp_path / "d.json"), modalities=["mr", "trus"], label_suffix="_gland")
+    with pytest.raises(prep.PreparationError, match="--modalities is required"):
+        prep.folders(str(data), output=str(tmp_path / "d.json"))
+    with pytest.raises(prep.PreparationError, match="would also be image files"):
+        prep.folders(str(data), output=str(tmp_path / "d.json"), modalities=["mr", "mr_gland"], own_grids=True,
+                     label_suffix="_gland")
+
+
+def test_folders_coregistered_shared_label(tmp_path):
+    data = _make_folders(tmp_path / "paired", n=5, own_grids=False, suffix="_seg")
+    (data / "p1" / "p1_trus.nii.gz").unlink()
+    (data / "p3" / "p3_seg.nii.gz").unlink()
+    out = tmp_path / "d.json"
+    prep.folders(str(data), output=str(out), modalities=["mr", "trus"], own_grids=False, label_suffix="_seg",
+                 allow_missing_modalities=True, allow_unlabeled=True, class_names=["gland"], num_validation=1,
+                 num_testing=1)
+    content = json.loads(out.read_text())
+    assert content["labels"] == {"background": 0, "gland": 1} and content["preparation"]["own_grids"] is False
+    cases = {c["case"]: c for s in SPLITS for c in content[s]}
+    assert [c["case"] for c in content["unlabeled"]] == ["p3"] and "label" not in cases["p3"]
+    assert "trus" not in cases["p1"]
+    labeled = [c for s in ("training", "validation", "testing") for c in content[s]]
+    assert all(c["label"] == f"paired/{c['case']}/{c['case']}_seg.nii.gz" for c in labeled)
+    loaded = load_datalist(str(out), allow_missing_modalities=True)
+    assert len([c for s in SPLITS for c in loaded[s]]) == 5
+    # the shared label must lie on the sequences' grid
+    _nii(data / "p0" / "p0_seg.nii.gz", _mask(GRIDS["trus"]))
+    with pytest.raises(prep.PreparationError, match="case 'p0': images and label are not on one grid"):
+        prep.folders(str(data), output=str(tmp_path / "e.json"), modalities=["mr", "trus"], label_suffix="_seg",
+                     allow_missing_modalities=True, allow_unlabeled=True)
+
+
+def test_folders_cli_flags_as_text(tmp_path):
+    data = _make_folders(tmp_path / "mrus", n=4)
+    out = tmp_path / "d.json"
+    cmd = [sys.executable, str(TOOL), "folders", "--data_dir", str(data), "--output", str(out),
+           "--modalities", "['mr','trus']", "--own_grids", "true", "--label_suffix", "_gland",
+           "--num_validation", "1", "--num_testing", "1"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "own_grids.yaml" in done.stdout
+    content = json.loads(out.read_text())
+    assert content["modalities"] == ["mr", "trus"] and set(content["training"][0]["label"]) == {"mr", "trus"}
+
+
+@pytest.mark.skipif(not SHARED_MRUS.is_dir(), reason=f"real prostate MR/TRUS data not found at {SHARED_MRUS}")
+def test_folders_on_shared_prostate_mrus(tmp_path):
+    out = tmp_path / "datalist.json"
+    prep.folders(str(SHARED_MRUS), output=str(out), modalities=["mr", "trus"], own_grids=True,
+                 label_suffix="_gland", check_labels=False, seed=0)
+    content = json.loads(out.read_text())
+    ids = _ids(content)
+    _assert_disjoint(ids)
+    patients = [c for s in SPLITS for c in content[s]]
+    assert len(patients) == 68 and not ids["unlabeled"]
+    assert all(set(c["label"]) == {"mr", "trus"} for c in patients)
+    loaded = load_datalist(str(out), own_grids=True)
+    assert sum(len(loaded[s]) for s in SPLITS) == 2 * 68

@@ -7,7 +7,9 @@ family on one shared base:
 - ``myops``: MyoPS 2020 (labeled and unlabeled case folders, MyoPS label codes remapped);
 - ``brats``: BRATS 2013/2015 and BraTS 2021-2023 (one folder per case, naming per layout);
 - ``msd``: Medical Segmentation Decathlon task folders (dataset.json, multi-channel images);
-- ``amos``: AMOS 2022 (unpaired CT and MRI scans, paired per split).
+- ``amos``: AMOS 2022 (unpaired CT and MRI scans: one case per scan, or paired per split);
+- ``folders``: any dataset with one folder per case and ``<case>_<modality>`` files, co-registered
+  (one label per case) or on their own grids (one label per sequence), cases may lack sequences.
 
 The top-level ``scripts/`` folder is not a package: this one is imported with that folder on
 ``sys.path`` (see ``bundle_path.py``).
@@ -16,6 +18,7 @@ The top-level ``scripts/`` folder is not a package: this one is imported with th
 from .amos import amos
 from .base import PreparationError, select_labeled, split_cases
 from .brats import brats2013, brats2021
+from .folders import folders
 from .msd import msd
 from .myops import MYOPS_LABELS, MYOPS_PATHOLOGY_LABELS, myops
 
@@ -30,7 +33,15 @@ __all__ = [
     "brats2021",
     "msd",
     "amos",
+    "folders",
 ]
 
 #: the sub-commands of the command line, by name.
-COMMANDS = {"myops": myops, "brats2013": brats2013, "brats2021": brats2021, "msd": msd, "amos": amos}
+COMMANDS = {
+    "myops": myops,
+    "brats2013": brats2013,
+    "brats2021": brats2021,
+    "msd": msd,
+    "amos": amos,
+    "folders": folders,
+}

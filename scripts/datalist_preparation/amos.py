@@ -1,4 +1,4 @@
-"""AMOS 2022: abdominal CT and MRI of different patients, paired per split."""
+"""AMOS 2022: abdominal CT and MRI of different patients, one case per scan or paired per split."""
 
 from __future__ import annotations
 
@@ -68,18 +68,20 @@ def amos(
     ``imagesTs/`` (+``labelsTs/`` if present), files ``amos_NNNN.nii.gz``; scan numbers >=
     ``mri_min_id`` are MRI, the others CT.
 
-    The bundle takes every modality per case, so CT and MRI scans (of different patients) are
-    paired: the scans of each modality are first split per scan (validation/testing counts and
-    fractions apply to each modality; ``labeled_fraction`` to each modality's training scans),
-    then paired within each split with a seeded permutation. ``pairing="cycle"`` uses every scan
+    The scans of each modality are split per scan (validation/testing counts and fractions apply
+    to each modality; ``labeled_fraction`` to each modality's training scans). ``pairing="none"``
+    (recommended, for runs with modalities on their own grids: ``configs/own_grids.yaml``) writes
+    one single-modality case per scan, ``{"case": "amos_0001", "ct": ..., "label": {"ct": ...}}``:
+    CT and MRI patients stay separate cohorts, as they are. The other modes pair CT and MRI scans
+    (of different patients) within each split with a seeded permutation. ``pairing="cycle"`` uses every scan
     of the larger modality once and reuses the smaller modality's scans in turn (a scan may be in
     several cases of one split, never in two splits); ``"truncate"`` makes min(n_ct, n_mri) pairs
     and leaves the other scans out. A case is ``{"case": "<ct>+<mri>", "ct": ..., "mri": ...,
     "label": {"ct": ..., "mri": ...}}``; label codes (0-15, the 15 AMOS organs) are kept.
     """
     problems, data_dir = run.problems, run.data_dir
-    if pairing not in ("cycle", "truncate"):
-        problems.append(f"--pairing must be 'cycle' or 'truncate', got {pairing!r}")
+    if pairing not in ("none", "cycle", "truncate"):
+        problems.append(f"--pairing must be 'none', 'cycle' or 'truncate', got {pairing!r}")
     scans: dict[str, dict[str, dict[str, str]]] = {"ct": {}, "mri": {}}  # modality -> id -> {image, label}
     unlabeled_scans: dict[str, dict[str, str]] = {"ct": {}, "mri": {}}
     if run.found_data_dir() and not os.path.isdir(os.path.join(data_dir, "imagesTr")):
@@ -135,15 +137,25 @@ def amos(
         split_ids[modality] = parts
     run.check_outputs()
 
+    unpaired = pairing == "none"
     content: dict[str, Any] = run.header(
-        "AMOS 2022", "Abdominal CT and MRI of different patients, paired per split (see 'pairing')"
+        "AMOS 2022",
+        (
+            "Abdominal CT and MRI of different patients, one case per scan (modalities on their own grids)"
+            if unpaired
+            else "Abdominal CT and MRI of different patients, paired per split (see 'pairing')"
+        ),
     )
     content["modalities"] = ["ct", "mri"]
     content["labels"] = dict(AMOS_LABELS)
     content["pairing"] = {
         "mode": pairing,
         "note": "CT and MRI scans come from different patients; each scan was assigned to one split, "
-        "then CT and MRI scans of a split were paired with a seeded permutation",
+        + (
+            "and is one case with its own label (load with own_grids: configs/own_grids.yaml)"
+            if unpaired
+            else "then CT and MRI scans of a split were paired with a seeded permutation"
+        ),
     }
     content["preparation"] = run.provenance(mri_min_id=int(mri_min_id), label_codes=KEPT_CODES)
     for index, split in enumerate(("training", "unlabeled", "validation", "testing")):
@@ -151,6 +163,16 @@ def amos(
         if split == "unlabeled":
             ct_ids = sorted(ct_ids + list(unlabeled_scans["ct"]))
             mri_ids = sorted(mri_ids + list(unlabeled_scans["mri"]))
+        if unpaired:
+            content[split] = sorted(
+                (
+                    _single(run, modality, scan, scans, unlabeled_scans, split != "unlabeled")
+                    for modality, ids in (("ct", ct_ids), ("mri", mri_ids))
+                    for scan in ids
+                ),
+                key=lambda c: c["case"],
+            )
+            continue
         pairs = _pair(ct_ids, mri_ids, pairing, np.random.default_rng([int(run.options.seed), 7, index]))
         used_ct, used_mri = {c for c, _ in pairs}, {m for _, m in pairs}
         left = [s for s in ct_ids if s not in used_ct] + [s for s in mri_ids if s not in used_mri]
@@ -167,5 +189,24 @@ def amos(
             cases.append(item)
         content[split] = sorted(cases, key=lambda c: c["case"])
     if not content["training"]:
-        raise PreparationError(["no training pair (CT or MRI training scans missing)"], run.command)
+        what = "no training scan" if unpaired else "no training pair (CT or MRI training scans missing)"
+        raise PreparationError([what], run.command)
+    if unpaired:
+        run.notes.append("one case per scan: train with bundle/configs/own_grids.yaml (own_grids: true)")
     return run.write(content)
+
+
+def _single(
+    run: Preparation,
+    modality: str,
+    scan: str,
+    scans: dict[str, dict[str, dict[str, str]]],
+    unlabeled_scans: dict[str, dict[str, str]],
+    with_label: bool,
+) -> dict[str, Any]:
+    """The single-modality case of one scan (``pairing="none"``), with its own label when ``with_label``."""
+    image = scans[modality].get(scan, {}).get("image") or unlabeled_scans[modality][scan]
+    item: dict[str, Any] = {"case": scan, modality: run.rel(image)}
+    if with_label:
+        item["label"] = {modality: run.rel(scans[modality][scan]["label"])}
+    return item

@@ -472,15 +472,20 @@ class Preparation:
         modalities: list[str],
         labeled: dict[str, dict],
         unlabeled: dict[str, dict],
-        labels: dict[str, int],
+        labels: dict[str, int] | None,
         label_mapping: dict[int, int] | None = None,
         label_dir: str | None = None,
+        **details: Any,
     ) -> str:
         """
         Split, check the outputs, write the remapped labels (when ``label_mapping``) and the
-        datalist of a dataset with one label per case on the grid shared by its images.
+        datalist of a dataset with one label per case on the grid shared by its images, or (without
+        ``label_mapping``) one label per modality on that modality's own grid.
 
-        ``labeled`` / ``unlabeled``: case id -> {"images": {modality or "image": path}, "label": path}.
+        ``labeled`` / ``unlabeled``: case id -> {"images": {modality or "image": path}, "label": path
+        or {modality: path}}; a case may lack modalities (its image keys are those it has).
+        ``labels``: the datalist's class names and values (None: not written). ``details``: more
+        entries of the datalist's ``preparation`` record.
         """
         n_val, n_test = self.split_counts(len(labeled))
         if not labeled:
@@ -497,6 +502,8 @@ class Preparation:
         for split in ("training", "validation", "testing"):
             for case in splits[split]:
                 src = labeled[case]["label"]
+                if label_mapping and not isinstance(src, str):
+                    raise ValueError("label_mapping needs one label file per case")
                 label_of[case] = os.path.join(label_dir, f"{case}_label.nii.gz") if label_mapping else src
         self.check_outputs(list(label_of.values()) if label_mapping else [])
 
@@ -504,20 +511,24 @@ class Preparation:
             for case, dst in label_of.items():
                 _write_label(labeled[case]["label"], dst, label_mapping)
 
-        def entry(case: str, images: dict[str, str], label: str | None) -> dict:
+        def entry(case: str, images: dict[str, str], label: str | dict[str, str] | None) -> dict:
             item = {"case": case}
             item.update({k: self.rel(p) for k, p in images.items()})
-            if label:
+            if isinstance(label, dict):
+                item["label"] = {k: self.rel(p) for k, p in label.items()}
+            elif label:
                 item["label"] = self.rel(label)
             return item
 
         content: dict[str, Any] = self.header(name, description)
         content["modalities"] = modalities
-        content["labels"] = labels
+        if labels is not None:
+            content["labels"] = labels
         content["preparation"] = self.provenance(
             num_validation=n_val,
             num_testing=n_test,
             label_codes={str(k): v for k, v in sorted(label_mapping.items())} if label_mapping else KEPT_CODES,
+            **details,
         )
         content["training"] = [entry(c, labeled[c]["images"], label_of[c]) for c in splits["training"]]
         content["unlabeled"] = [entry(c, labeled[c]["images"], None) for c in splits["unlabeled"]] + [
