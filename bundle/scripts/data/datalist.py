@@ -552,14 +552,17 @@ def normalise_case(
         if unknown:
             problems.append(f"{where}: key 'label': unknown modalities {unknown} (expected {', '.join(modalities)})")
         case["label"] = [
-            _resolve_path(label[m], base_dir, check_files, where, f"label[{m}]", problems) if m in given and label.get(m)
-            else None
+            (
+                _resolve_path(label[m], base_dir, check_files, where, f"label[{m}]", problems)
+                if m in given and label.get(m)
+                else None
+            )
             for m in modalities
         ]
     elif own_grids:
         problems.append(
             f"{where}: key 'label': modalities on their own grids need one label per modality, "
-            f'{{"{modalities[0]}": path, ...}} (one for each sequence the case has)'
+            f"{{{json.dumps(str(modalities[0]))}: path, ...}} (one for each sequence the case has)"
         )
     elif isinstance(label, str):
         case["label"] = _resolve_path(label, base_dir, check_files, where, "label", problems)
