@@ -20,19 +20,26 @@ import sys
 import fire
 
 import plan as plan_tool
-from bundle_path import CONFIGS
+from bundle_path import CONFIGS, use_bundle_scripts
+
+use_bundle_scripts()
+from scripts.errors import as_bool  # noqa: E402
 
 
-def stacks(plan_file: str, method: str = "weak_strong") -> tuple[list[str], list[str], list[str]]:
-    """The training, evaluation and inference config stacks of a planned run of ``method``."""
-    train = [os.path.join(CONFIGS, c) for c in ("train.yaml", "planned.yaml", "unet.yaml", f"{method}.yaml")] + [plan_file]
+def stacks(plan_file: str, method: str = "weak_strong", own_grids: bool = False) -> tuple[list[str], list[str], list[str]]:
+    """The training, evaluation and inference config stacks of a planned run of ``method`` (with
+    ``own_grids.yaml`` after the method's override when the sequences are on their own grids)."""
+    extra = ["own_grids.yaml"] if own_grids else []
+    train = [os.path.join(CONFIGS, c) for c in ("train.yaml", "planned.yaml", "unet.yaml", f"{method}.yaml", *extra)]
+    train += [plan_file]
     evaluate = train + [os.path.join(CONFIGS, "evaluate.yaml")]
-    infer = [os.path.join(CONFIGS, c) for c in ("inference.yaml", "planned_inference.yaml", "unet.yaml")] + [plan_file]
-    return train, evaluate, infer
+    infer = [os.path.join(CONFIGS, c) for c in ("inference.yaml", "planned_inference.yaml", "unet.yaml", *extra)]
+    return train, evaluate, infer + [plan_file]
 
 
 def main(datalist: str, output_dir: str, plan: str | None = None, method: str = "weak_strong",
-         device: str | None = None, **overrides) -> int:
+         device: str | None = None, allow_missing_modalities: bool = False, own_grids: bool = False,
+         **overrides) -> int:
     """
     Args:
         datalist: the bundle datalist JSON.
@@ -40,18 +47,24 @@ def main(datalist: str, output_dir: str, plan: str | None = None, method: str = 
         plan: the plan file (default `<output_dir>/plan.yaml`); written when absent, reused when present.
         method: the method's override config: `weak_strong` (recommended), `supervised`, `mean_teacher`.
         device: `cpu` or `gpu` for the plan (default: what torch sees).
+        allow_missing_modalities: cases may lack sequences (bundle/docs/README.md, "Patients with a missing
+            sequence"): planned, trained, evaluated and inferred with the presence mask as input.
+        own_grids: the sequences are on their own grids, each with its own label (`own_grids.yaml`).
         overrides: further `--id value` pairs for `monai.bundle run`.
     """
     if not os.path.isfile(os.path.join(CONFIGS, f"{method}.yaml")):
         raise SystemExit(f"plan_and_train.py: no method config {method}.yaml in {CONFIGS}.")
+    missing, own = as_bool(allow_missing_modalities, "allow_missing_modalities"), as_bool(own_grids, "own_grids")
     os.makedirs(output_dir, exist_ok=True)
     plan = plan or os.path.join(output_dir, "plan.yaml")
     if os.path.isfile(plan):
         print(f"using the existing plan {plan}")
     else:
-        plan_tool.main(datalist, output=plan, device=device)
-    train, evaluate, infer = stacks(os.path.abspath(plan), method)
+        plan_tool.main(datalist, output=plan, device=device, allow_missing_modalities=missing, own_grids=own)
+    train, evaluate, infer = stacks(os.path.abspath(plan), method, own_grids=own)
     args = ["--datalist_file", os.path.abspath(datalist), "--output_dir", os.path.abspath(output_dir)]
+    if missing and not own:  # own_grids.yaml sets both itself
+        overrides = {"allow_missing_modalities": True, "modality_presence_input": True, **overrides}
     for key, value in overrides.items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)]
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(train), *args]
@@ -61,9 +74,10 @@ def main(datalist: str, output_dir: str, plan: str | None = None, method: str = 
         print("evaluate:", subprocess.list2cmdline([sys.executable, "-m", "monai.bundle", "run", "--config_file",
                                                      json.dumps(evaluate), *args[:2], "--ckpt_dir", os.path.abspath(output_dir),
                                                      "--output_dir", os.path.join(os.path.abspath(output_dir), "eval")]))
+        presence = ["--modality_presence_input", "true"] if missing and not own else []
         print("infer:   ", subprocess.list2cmdline([sys.executable, "-m", "monai.bundle", "run", "--config_file",
                                                      json.dumps(infer), "--ckpt_dir", os.path.abspath(output_dir),
-                                                     "--image", "<one file per modality>"]))
+                                                     *presence, "--image", "<one file per modality>"]))
     return status
 
 
