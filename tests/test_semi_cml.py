@@ -655,3 +655,35 @@ def test_pseudo_label_noise_is_clamped():
         _prel_method(prel_convex=True, prel_alpha=1.5)
     with pytest.raises(ValueError):
         _prel_method(prel_noise_clip=(1.0, 0.0))
+
+
+class _BatchSizes(torch.nn.Module):
+    """A loss stand-in that records the batch size of its inputs and returns their mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, probabilities, *rest):
+        first = probabilities[0] if isinstance(probabilities, list) else probabilities
+        self.sizes.append(int(first.shape[0]))
+        return first.mean()
+
+
+def test_cases_lacking_a_sequence_leave_the_cross_modal_terms():
+    """Issue 23: an unlabeled case without sequence 1 (zeroed) is left out of ASC and the mutual MSE, and
+    out of PReL when its teacher's sequence is the one missing."""
+    torch.manual_seed(0)
+    net = tiny_net(dropout=0.1)
+    asc, mse, prel = _BatchSizes(), _BatchSizes(), _BatchSizes()
+    method = make_method(mutual_epochs=1.0)
+    method.asc_loss, method.mutual_loss, method.pseudo_label_loss = asc, mse, prel
+    method.setup(net)
+    image, unlabeled = torch.randn(2, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    unlabeled[1, 1] = 0.0
+    label = torch.randint(0, 3, (2, 1, 16, 16))
+    method.step(net, image, label, unlabeled, epoch=0.0)
+    assert asc.sizes == [3] and mse.sizes == [3]
+    method.record_validation(1, [0.1, 0.3, 0.2], net)  # the teacher reads sequence 1, which case 1 lacks
+    method.step(net, image, label, unlabeled, epoch=1.0)
+    assert method.teacher_modality == 1 and prel.sizes == [3, 3, 3]

@@ -422,16 +422,30 @@ class SemiCMLMethod(SemiSupervisedMethod):
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
         if unlabeled_logits is not None:
+            # cases lacking a sequence (missing sequences: a constant channel) leave the cross-modal terms,
+            # whose network of that sequence would read nothing; PReL keeps the cases its teacher can read
+            present = modality_presence(unlabeled)
+            complete = present.all(dim=1)
             probabilities = [torch.softmax(x, dim=1) for x in unlabeled_logits]
-            asc = self.asc_loss(probabilities)
+            paired = probabilities if bool(complete.all()) else [p[complete] for p in probabilities]
+            zero = unlabeled_logits[0].new_zeros(())
+            asc = self.asc_loss(paired) if paired[0].shape[0] >= 2 else zero
             if self.stage == MUTUAL:
                 w_asc, w_mse = float(self.asc_schedule(epoch)), float(self.mse_schedule(epoch))
-                mse = self.mutual_loss(probabilities)
+                mse = self.mutual_loss(paired) if paired[0].shape[0] >= 1 else zero
                 loss = loss + w_asc * asc + w_mse * mse
                 terms.update(loss_asc=asc, loss_mse=mse, weight_asc=w_asc, weight_mse=w_mse)
             else:
+                readable = present[:, self.teacher_modality]
                 pseudo = self.pseudo_labels(unlabeled)
-                prel = torch.stack([self.pseudo_label_loss(x, pseudo) for x in unlabeled_logits]).mean()
+                if bool(readable.all()):
+                    prel = torch.stack([self.pseudo_label_loss(x, pseudo) for x in unlabeled_logits]).mean()
+                elif bool(readable.any()):
+                    prel = torch.stack(
+                        [self.pseudo_label_loss(x[readable], pseudo[readable]) for x in unlabeled_logits]
+                    ).mean()
+                else:
+                    prel = zero
                 w_prel, w_asc = self.prel_weights()
                 loss = loss + w_prel * prel + w_asc * asc
                 terms.update(loss_prel=prel, loss_asc=asc, weight_prel=w_prel, weight_asc=w_asc)
