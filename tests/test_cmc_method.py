@@ -178,14 +178,14 @@ def test_supervised_method_loss_is_the_independent_supervised_term():
     ref.assert_weighted_sum(out.loss, {"sup": ref.supervised(logits, label)})
 
 
-def test_forward_joint_split_keeps_both_batches_features():
+def test_forward_joint_keeps_both_batches_features():
     net = _net()
     image, _, _ = _batch()
     unlabeled = torch.randn(2, 3, 48, 48)
-    ll, ul, lf, uf = _method().forward_joint_split(net, image, unlabeled)
+    ll, ul, lf, uf = _method().forward_joint(net, image, unlabeled)
     assert ll[0].shape[-1] == 32 and ul[0].shape[-1] == 48
     assert lf[0].shape[0] == 2 and uf[0].shape[0] == 2 and uf[0].shape[-1] == 12  # 48 / 4
-    ll, ul, lf, uf = _method().forward_joint_split(net, image, None)
+    ll, ul, lf, uf = _method().forward_joint(net, image, None)
     assert ul is None and uf is None and lf[0].shape[0] == 2
 
 
@@ -236,9 +236,10 @@ def test_unlabeled_batch_of_another_size_is_still_used():
     out = _method().step(net, image, label, unlabeled, epoch=1.0)
     assert "loss_cac" in out.terms and out.terms["loss_cac"].requires_grad
     joint = _method()
-    labeled_logits, unlabeled_logits, features = joint.forward_joint(net, image, unlabeled)
+    labeled_logits, unlabeled_logits, labeled_features, unlabeled_features = joint.forward_joint(net, image, unlabeled)
     assert labeled_logits[0].shape[-1] == 32 and unlabeled_logits[0].shape[-1] == 48
-    assert features[0].shape[0] == image.shape[0]  # bottlenecks of other sizes are not stacked
+    assert labeled_features[0].shape[0] == image.shape[0]  # bottlenecks of other sizes are kept apart
+    assert unlabeled_features[0].shape[-1] == 12
 
 
 def test_network_feature_source_chooses_the_bottleneck_before_or_after_attention():

@@ -1,7 +1,8 @@
 # Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
 """The modality heads' predictions in evaluation: :class:`SplitHeadsd` splits the output of
 :class:`scripts.networks.modality_heads.ModalityHeadsWrapper` into ``pred`` (the network's prediction)
-and ``pred_<modality>`` (one per head); :func:`head_keys` and :func:`metric_name` name them."""
+and ``pred_<modality>`` (one per head); :func:`evaluated_heads`, :func:`head_keys` and
+:func:`metric_name` name them."""
 
 from __future__ import annotations
 
@@ -12,8 +13,18 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
+from torch import nn
 
-__all__ = ["SplitHeadsd", "head_keys", "metric_name"]
+from ..networks.multimodal import is_multimodal
+
+__all__ = ["SplitHeadsd", "evaluated_heads", "head_keys", "metric_name"]
+
+
+def evaluated_heads(network: nn.Module, modalities: Sequence[str], fused: str = "fused") -> list[str]:
+    """Names of the predictions the evaluation reports: ``fused`` (the network's prediction), then one
+    per modality head when the network is multimodal (:func:`scripts.networks.multimodal.is_multimodal`);
+    a single network that reads all sequences at once (e.g. ``unet.yaml``) has only ``fused``."""
+    return [fused] + (list(modalities) if is_multimodal(network) else [])
 
 
 def head_keys(heads: Sequence[str], pred_key: str = "pred") -> list[str]:

@@ -9,13 +9,15 @@ subclass of :class:`SemiSupervisedMethod` plus one override config.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..networks.modality_presence import modality_presence, present_heads_mean
-from ..networks.wrapped_network import forward_modality_heads, has_modality_heads
+from ..networks.modality_presence import modality_presence
+from ..networks.multimodal import is_multimodal
+from ..networks.wrapped_network import forward_modality_heads, has_modality_heads, unwrap_network
 
 __all__ = ["StepOutput", "SemiSupervisedMethod"]
 
@@ -39,9 +41,11 @@ class StepOutput:
 class SemiSupervisedMethod(nn.Module):
     """Base class of the training strategies.
 
-    Subclasses implement :meth:`step`. A method is an ``nn.Module`` so that any state it owns (an
-    EMA teacher, a PReL teacher, stage counters kept as buffers) travels with ``state_dict`` and is
-    saved and restored by MONAI's checkpoint handlers together with the network and the optimizer.
+    Subclasses implement :meth:`step`; the other hooks (:meth:`setup`, :meth:`uses_unlabeled_at`,
+    :meth:`after_optimizer_step`, :meth:`record_validation`) have working defaults. A method is an
+    ``nn.Module`` so that any state it owns (an EMA teacher, a PReL teacher, stage counters kept as
+    buffers) travels with ``state_dict`` and is saved and restored by MONAI's checkpoint handlers
+    together with the network and the optimizer.
 
     Class attributes:
         uses_unlabeled: ``False`` for methods that ignore unlabeled data; the trainer then does not
@@ -77,8 +81,9 @@ class SemiSupervisedMethod(nn.Module):
 
     @staticmethod
     def forward_heads(network: nn.Module, batch: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-modality logits and bottleneck features of a multimodal network (``forward_modalities``),
-        or ``[network(batch)]`` and no features for any other network.
+        """Per-modality logits and bottleneck features of a multimodal network
+        (:class:`~scripts.networks.multimodal.MultimodalNetwork`), or ``[network(batch)]`` and no
+        features for any other network.
 
         A network wrapped in ``DistributedDataParallel`` is called as ``network(batch, heads=True)``,
         through the wrapper, so that its gradients are synchronised (see
@@ -90,35 +95,9 @@ class SemiSupervisedMethod(nn.Module):
 
     def forward_joint(
         self, network: nn.Module, image: torch.Tensor, unlabeled: torch.Tensor | None
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor]]:
-        """Forward labeled and unlabeled images together (one pass when their shapes allow it).
-
-        Returns:
-            the labeled logits of every head, the unlabeled logits of every head (``None`` without
-            unlabeled images), and the features of every head over the labeled then unlabeled images.
-            When the two batches' features differ in spatial size they cannot be stacked, and only
-            the labeled images' features are returned: a method that needs the features of both
-            batches (CMC's CSC) calls :meth:`forward_joint_split` instead.
-        """
-        if unlabeled is None:
-            logits, features = self.forward_heads(network, image)
-            return logits, None, features
-        if unlabeled.shape[1:] == image.shape[1:]:
-            logits, features = self.forward_heads(network, torch.cat([image, unlabeled], dim=0))
-            n = image.shape[0]
-            return [x[:n] for x in logits], [x[n:] for x in logits], features
-        labeled_logits, labeled_features = self.forward_heads(network, image)
-        unlabeled_logits, unlabeled_features = self.forward_heads(network, unlabeled)
-        # features of different spatial sizes cannot be stacked: keep the labeled ones
-        features = labeled_features
-        if all(a.shape[2:] == b.shape[2:] for a, b in zip(labeled_features, unlabeled_features, strict=False)):
-            features = [torch.cat([a, b], dim=0) for a, b in zip(labeled_features, unlabeled_features, strict=False)]
-        return labeled_logits, unlabeled_logits, features
-
-    def forward_joint_split(
-        self, network: nn.Module, image: torch.Tensor, unlabeled: torch.Tensor | None
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, list[torch.Tensor], list[torch.Tensor] | None]:
-        """As :meth:`forward_joint` (one pass when the shapes allow it), with the features kept per batch.
+        """Forward labeled and unlabeled images together (one pass when their shapes allow it, two
+        otherwise).
 
         Returns:
             the labeled logits and the unlabeled logits of every head (``None`` without unlabeled
@@ -155,15 +134,34 @@ class SemiSupervisedMethod(nn.Module):
         return [x.detach() for x in logits]
 
     @staticmethod
-    def mean_of_heads(logits: list[torch.Tensor], image: torch.Tensor | None = None) -> torch.Tensor:
-        """The mean of the heads' logits (named apart from CMCNet's fusion layer, which fuses features,
-        not predictions). With the ``image`` the heads read, per case over the heads whose sequence is
-        present in it (:func:`~scripts.networks.modality_presence.present_heads_mean`), as a multimodal
-        network's ``forward`` predicts; a single head is returned as it is."""
-        if len(logits) == 1:
+    def mean_of_heads(
+        network: nn.Module, logits: list[torch.Tensor], image: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The network's prediction from its heads' logits (named apart from CMCNet's fusion layer,
+        which fuses features, not predictions).
+
+        For a multimodal network, its own ``average_heads`` (the contract of
+        :class:`~scripts.networks.multimodal.MultimodalNetwork`: the mean over its available heads, per
+        case over the sequences present in ``image``, as its ``forward`` predicts; without ``image``
+        every sequence counts as present). For any other network, its single head.
+
+        Args:
+            network: the network (possibly wrapped) whose heads gave ``logits``.
+            logits: the heads' logits, as :meth:`forward_heads` returns them.
+            image: the input the heads read, ``(B, M, *spatial)``; None: every sequence present.
+        """
+        inner = unwrap_network(network)
+        if not is_multimodal(inner):
+            if len(logits) != 1:
+                raise ValueError(f"{type(inner).__name__} is not multimodal but {len(logits)} heads were given.")
             return logits[0]
-        present = modality_presence(image) if image is not None and image.shape[1] == len(logits) else None
-        return present_heads_mean(logits, present)
+        return inner.average_heads(logits, None if image is None else modality_presence(image))
+
+    def record_validation(self, epoch: int, per_modality_dice: Sequence[float], network: nn.Module) -> None:
+        """Called by :class:`scripts.engine.modality_validation.ModalityValidationHandler` after every
+        per-modality validation round, with the validation Dice of every modality network (modality
+        order) and the trained network. No-op by default; Semi-CML keeps each modality's best
+        snapshots here for its PReL teacher."""
 
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:
         """Called after every optimizer step (update EMA teachers here)."""

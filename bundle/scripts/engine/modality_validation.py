@@ -13,6 +13,7 @@ from monai.transforms import AsDiscreted
 from monai.utils import CommonKeys
 from torch import nn
 
+from ..networks.multimodal import PerModalityNetworks, require_multimodal
 from ..networks.wrapped_network import unwrap_network
 
 __all__ = ["ModalityValidationHandler"]
@@ -50,7 +51,8 @@ class _ModalityBatch:
 
 
 class ModalityValidationHandler:
-    """Validates every modality network of a decoupled multimodal network separately.
+    """Validates every modality network of a decoupled multimodal network
+    (:class:`~scripts.networks.multimodal.PerModalityNetworks`) separately.
 
     Attach it to the trainer (``SemiSupervisedTrainer``). Every ``interval`` epochs it runs one MONAI
     ``SupervisedEvaluator`` per modality: the evaluator of modality ``m`` runs ``network.modality_network(m)``
@@ -58,9 +60,9 @@ class ModalityValidationHandler:
     its postprocessing takes the argmax and one-hot encodes prediction and label, and its key metric
     is ``MeanDice(include_background=False)`` (mean over cases and foreground classes, gathered over
     all ranks under ``torch.distributed``, as the bundle's main validation). The scores are logged
-    and, when the trainer's method has ``record_validation`` (``SemiCMLMethod``), passed to
-    ``method.record_validation(epoch, scores, network)``, which keeps the best checkpoints of each
-    modality for the PReL teacher. ``history`` keeps ``(epoch, scores)`` of every round.
+    and passed to the trainer's method, ``method.record_validation(epoch, scores, network)`` (a hook of
+    ``SemiSupervisedMethod``, a no-op but for ``SemiCMLMethod``, which keeps the best checkpoints of each
+    modality for the PReL teacher). ``history`` keeps ``(epoch, scores)`` of every round.
 
     A label with one channel per modality, ``(B, M, *spatial)``, validates network ``m`` against
     channel ``m``; a single-channel label validates every network.
@@ -158,11 +160,7 @@ class ModalityValidationHandler:
     def evaluators(self, network: nn.Module, device: torch.device | str) -> list[SupervisedEvaluator]:
         """The evaluators of every modality network of ``network`` (wrappers such as DDP are unwrapped)."""
         network = unwrap_network(network)
-        if not hasattr(network, "modality_network") or not hasattr(network, "num_modalities"):
-            raise TypeError(
-                f"ModalityValidationHandler needs a network with `modality_network(m)` and `num_modalities` "
-                f"(e.g. DecoupledMultiModalNet), got {type(network).__name__}."
-            )
+        require_multimodal(network, "ModalityValidationHandler", PerModalityNetworks)
         device = torch.device(device)
         if self._evaluated is None or self._evaluated[0] is not network or self._evaluated[1] != device:
             self._evaluators = [self._build_evaluator(network, m, device) for m in range(int(network.num_modalities))]
@@ -192,6 +190,4 @@ class ModalityValidationHandler:
         self.history.append((epoch, scores))
         summary = ", ".join(f"{self._name(m)} {s:.4f}" for m, s in enumerate(scores))
         self.logger.info(f"epoch {epoch}: per-modality validation Dice: {summary}")
-        method = getattr(engine, "method", None)
-        if method is not None and hasattr(method, "record_validation"):
-            method.record_validation(epoch, scores, network)
+        engine.method.record_validation(epoch, scores, network)  # type: ignore[attr-defined]

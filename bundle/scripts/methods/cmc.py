@@ -84,7 +84,7 @@ class CMCMethod(SemiSupervisedMethod):
 
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         semi = self.uses_unlabeled_at(epoch)
-        labeled_logits, unlabeled_logits, labeled_features, unlabeled_features = self.forward_joint_split(
+        labeled_logits, unlabeled_logits, labeled_features, unlabeled_features = self.forward_joint(
             network, image, unlabeled if semi else None
         )
         sup = self.supervised_loss(labeled_logits, label)
@@ -101,7 +101,7 @@ class CMCMethod(SemiSupervisedMethod):
                 cac = self.cac_loss(unlabeled_logits)
                 loss = loss + w_cac * cac
                 terms.update(loss_cac=cac, weight_cac=w_cac)
-        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))
+        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(network, labeled_logits))
 
     def _csc(
         self, labeled_features: list[torch.Tensor], unlabeled_features: list[torch.Tensor] | None

@@ -97,19 +97,19 @@ class MeanTeacherMethod(SemiSupervisedMethod):
         if self.teacher is None:
             raise RuntimeError("MeanTeacherMethod.setup(network) must be called before training.")
         student_input = None if unlabeled is None else self._perturb(unlabeled)
-        labeled_logits, unlabeled_logits, _ = self.forward_joint(network, image, student_input)
+        labeled_logits, unlabeled_logits, _, _ = self.forward_joint(network, image, student_input)
         sup = self.supervised_loss(labeled_logits, label)
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
         if unlabeled_logits is not None:
-            student = torch.softmax(self.mean_of_heads(unlabeled_logits), dim=1)
+            student = torch.softmax(self.mean_of_heads(network, unlabeled_logits), dim=1)
             with torch.no_grad():
                 teacher = torch.softmax(self.teacher(self._perturb(unlabeled)), dim=1)
             weight = float(self.consistency_weight(epoch))
             consistency = torch.mean((student - teacher.to(student.dtype)) ** 2)
             loss = loss + weight * consistency
             terms.update(loss_consistency=consistency, weight_consistency=weight)
-        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))
+        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(network, labeled_logits))
 
     def after_optimizer_step(self, network: nn.Module, epoch: float) -> None:
         """EMA update of the teacher from the student's current weights (and a copy of its buffers)."""

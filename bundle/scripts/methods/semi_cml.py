@@ -19,6 +19,7 @@ from ..engine.method import SemiSupervisedMethod, StepOutput
 from ..engine.module_broadcast import broadcast_module_state, broadcast_object, is_distributed
 from ..losses.multi_head import MultiHeadSupervisedLoss
 from ..networks.modality_presence import modality_presence
+from ..networks.multimodal import MultimodalNetwork, PerModalityNetworks, require_multimodal
 from ..networks.wrapped_network import unwrap_network
 from .teacher import frozen_copy
 
@@ -269,12 +270,9 @@ class SemiCMLMethod(SemiSupervisedMethod):
     def setup(self, network: nn.Module) -> None:
         """Check the network and create the (frozen) teacher as a copy of modality 0's network."""
         network = unwrap_network(network)
-        for attribute in ("forward_modalities", "modality_network", "num_modalities"):
-            if not hasattr(network, attribute):
-                raise TypeError(
-                    f"SemiCMLMethod needs a network with one independent network per modality "
-                    f"(e.g. DecoupledMultiModalNet); {type(network).__name__} has no `{attribute}`."
-                )
+        # heads (mutual learning) and one independent network per modality (PReL teacher)
+        require_multimodal(network, "SemiCMLMethod", PerModalityNetworks)
+        require_multimodal(network, "SemiCMLMethod", MultimodalNetwork)
         if network.num_modalities < 2:
             raise ValueError(f"Semi-CML needs at least 2 modalities, got {network.num_modalities}.")
         if self.num_modalities and self.num_modalities != network.num_modalities:
@@ -413,7 +411,7 @@ class SemiCMLMethod(SemiSupervisedMethod):
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         if epoch >= self.mutual_epochs and self.stage == MUTUAL:
             self.build_teacher(network)
-        labeled_logits, unlabeled_logits, _ = self.forward_joint(network, image, unlabeled)
+        labeled_logits, unlabeled_logits, _, _ = self.forward_joint(network, image, unlabeled)
         # each modality network learns from the labeled cases that have its sequence (missing sequences)
         if isinstance(self.supervised_loss, MultiHeadSupervisedLoss):
             sup = self.supervised_loss(labeled_logits, label, present=modality_presence(image))
@@ -449,7 +447,7 @@ class SemiCMLMethod(SemiSupervisedMethod):
                 w_prel, w_asc = self.prel_weights()
                 loss = loss + w_prel * prel + w_asc * asc
                 terms.update(loss_prel=prel, loss_asc=asc, weight_prel=w_prel, weight_asc=w_asc)
-        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))
+        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(network, labeled_logits))
 
     def prel_weights(self) -> tuple[float, float]:
         """The weights ``(w_prel, w_asc)`` of the pseudo-label term and of ASC in the prel stage."""

@@ -29,4 +29,4 @@ class SupervisedMethod(SemiSupervisedMethod):
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         logits, _ = self.forward_heads(network, image)
         sup = self.supervised_loss(logits, label)
-        return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.mean_of_heads(logits))
+        return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.mean_of_heads(network, logits))

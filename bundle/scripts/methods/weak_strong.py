@@ -112,7 +112,8 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
     def pseudo_labels(self, network: nn.Module, unlabeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hard pseudo-labels and confidence mask, both (B, 1, *spatial), from the weak view."""
         teacher = self.teacher.module if self.teacher is not None else network
-        probs = torch.softmax(self.mean_of_heads(self.predict_heads(teacher, unlabeled), unlabeled).float(), dim=1)
+        heads = self.predict_heads(teacher, unlabeled)
+        probs = torch.softmax(self.mean_of_heads(teacher, heads, unlabeled).float(), dim=1)
         return confident_pseudo_labels(probs, self.threshold)
 
     def _heads_loss(self, logits: list[torch.Tensor], pseudo_label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -142,12 +143,12 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         if weight == 0.0:
             logits, _ = self.forward_heads(network, image)
             sup = self.supervised_loss(logits, label)
-            return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.mean_of_heads(logits))
+            return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.mean_of_heads(network, logits))
 
         pseudo_label, mask = self.pseudo_labels(network, unlabeled)
         views = [self.strong_view(unlabeled, pseudo_label, mask) for _ in range(self.num_strong_views)]
         strong = torch.cat([v[0] for v in views], dim=0)
-        labeled_logits, strong_logits, _ = self.forward_joint(network, image, strong)
+        labeled_logits, strong_logits, _, _ = self.forward_joint(network, image, strong)
         sup = self.supervised_loss(labeled_logits, label)
         n = unlabeled.shape[0]
         unsup_terms = []
@@ -161,4 +162,4 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         unsup = torch.stack(unsup_terms).mean()
         loss = sup + weight * unsup
         terms.update(loss_unsup=unsup, weight_unsup=weight, stat_confident=mask.mean())
-        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(labeled_logits))
+        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(network, labeled_logits))

@@ -267,7 +267,8 @@ class CMCNet(nn.Module):
     losses (e.g. modality-collaborative contrastive / consistency terms).
 
     The modality heads interact only through the fused feature: perturbing modality ``j`` changes
-    head ``i != j`` only via :class:`ModalityFusion`.
+    head ``i != j`` only via :class:`ModalityFusion`. The network satisfies the multimodal network
+    contract (:class:`scripts.networks.multimodal.MultimodalNetwork`; every head is available).
 
     Reference:
         Zhou et al., "Robust Semi-supervised Multimodal Medical Image Segmentation via Cross

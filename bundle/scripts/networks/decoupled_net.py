@@ -40,7 +40,8 @@ class DecoupledMultiModalNet(nn.Module):
     the ``M`` logits (the training losses of Semi-CML, Mean Teacher and the supervised baseline use
     them). :meth:`forward` returns the mean logits over ``available_modalities`` only, so that a
     case lacking a modality is segmented from the others: the missing channel may hold anything
-    (e.g. zeros filled in by the caller) and has no influence on the output.
+    (e.g. zeros filled in by the caller) and has no influence on the output. The network satisfies the
+    contracts of :mod:`scripts.networks.multimodal` (``MultimodalNetwork`` and ``PerModalityNetworks``).
 
     Reference:
         Zhang et al., "Multi-modal contrastive mutual learning and pseudo-label re-learning for
