@@ -53,12 +53,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import fire
 
 from benchmarking.commands import as_list, bundle_run_command, config_stack, is_plan_path
 from benchmarking.machine import describe_machine
 from benchmarking.report import failure_text, fmt, previous_runs, write_report
-from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, run_logged, saved_times, say
+from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, fire_main, run_logged, saved_times, say
 from benchmarking.statistics import case_dice
 from bundle_path import CONFIGS
 
@@ -280,16 +279,7 @@ def run_benchmark(
 
 def main(argv: Sequence[str]) -> int:
     """The command line: 0 when every run finished, 1 when some failed (listed last, on stderr)."""
-    # fire on run_benchmark itself, so that `--help` shows its arguments; nothing printed after the report.
-    # A bare `--help` would make fire complain of the missing datalist (exit 2): ask for the help proper.
-    argv = ["--", "--help"] if any(a in ("-h", "--help") for a in argv) else list(argv)
-    try:
-        fire.Fire(run_benchmark, command=argv, serialize=lambda rows: None)
-    except BenchmarkFailures as e:
-        sys.stdout.flush()
-        print(f"\nERROR: {e}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return fire_main(run_benchmark, list(argv))
 
 
 if __name__ == "__main__":

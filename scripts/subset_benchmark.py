@@ -37,12 +37,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import fire
 
 from benchmarking.commands import as_list, bundle_run_command
 from benchmarking.machine import describe_machine
 from benchmarking.report import failure_text, fmt, previous_runs
-from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, run_logged, saved_times, say
+from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, fire_main, run_logged, saved_times, say
 from benchmarking.statistics import case_dice, mean_std, paired_difference
 from bundle_path import CONFIGS, use_bundle_scripts
 
@@ -350,14 +349,7 @@ def run_subset_benchmark(
 
 def main(argv: Sequence[str]) -> int:
     """The command line: 0 when every evaluation finished, 1 when some failed (listed last, on stderr)."""
-    argv = ["--", "--help"] if any(a in ("-h", "--help") for a in argv) else list(argv)
-    try:
-        fire.Fire(run_subset_benchmark, command=argv, serialize=lambda rows: None)
-    except BenchmarkFailures as e:
-        sys.stdout.flush()
-        print(f"\nERROR: {e}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return fire_main(run_subset_benchmark, list(argv))
 
 
 if __name__ == "__main__":

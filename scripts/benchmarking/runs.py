@@ -100,3 +100,20 @@ def run_logged(cmd: list[str], what: str, log: Path, timer: Timer) -> float:
         raise RunFailed(f"{what} failed (exit {proc.returncode}); log: {log}\n{shlex.join(cmd)}\n{tail}", log,
                         proc.returncode)
     return seconds
+
+
+def fire_main(command, argv: list[str]) -> int:
+    """A benchmark tool's command line: fire on ``command`` itself (so that ``--help`` shows its
+    arguments; a bare ``--help`` is turned into fire's own, instead of fire complaining of a missing
+    argument), nothing printed after the report; 0 when every step finished, 1 when some failed
+    (:class:`BenchmarkFailures`, listed last on stderr)."""
+    import fire
+
+    argv = ["--", "--help"] if any(a in ("-h", "--help") for a in argv) else list(argv)
+    try:
+        fire.Fire(command, command=argv, serialize=lambda rows: None)
+    except BenchmarkFailures as e:
+        sys.stdout.flush()
+        print(f"\nERROR: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
