@@ -38,7 +38,7 @@ def main(datalist: str, output: str | None = None, device: str | None = None, mo
         overwrite: replace an existing plan file.
         allow_missing_modalities: cases may lack sequences (as the run's option of the same name).
         own_grids: the sequences are on their own grids, each with its own label (as the run's option,
-            `bundle/configs/own_grids.yaml`): every sequence is planned as a case of its own.
+            `bundle/configs/unpaired.yaml`): every sequence is planned as a case of its own.
     """
     output = output or os.path.join(os.path.dirname(os.path.abspath(datalist)), "plan.yaml")
     if os.path.exists(output) and not overwrite:

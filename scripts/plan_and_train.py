@@ -28,8 +28,8 @@ from scripts.errors import as_bool  # noqa: E402
 
 def stacks(plan_file: str, method: str = "weak_strong", own_grids: bool = False) -> tuple[list[str], list[str], list[str]]:
     """The training, evaluation and inference config stacks of a planned run of ``method`` (with
-    ``own_grids.yaml`` after the method's override when the sequences are on their own grids)."""
-    extra = ["own_grids.yaml"] if own_grids else []
+    ``unpaired.yaml`` after the method's override when the sequences are on their own grids)."""
+    extra = ["unpaired.yaml"] if own_grids else []
     train = [os.path.join(CONFIGS, c) for c in ("train.yaml", "planned.yaml", "unet.yaml", f"{method}.yaml", *extra)]
     train += [plan_file]
     evaluate = train + [os.path.join(CONFIGS, "evaluate.yaml")]
@@ -49,7 +49,7 @@ def main(datalist: str, output_dir: str, plan: str | None = None, method: str = 
         device: `cpu` or `gpu` for the plan (default: what torch sees).
         allow_missing_modalities: cases may lack sequences (bundle/docs/README.md, "Patients with a missing
             sequence"): planned, trained, evaluated and inferred with the presence mask as input.
-        own_grids: the sequences are on their own grids, each with its own label (`own_grids.yaml`).
+        own_grids: the sequences are on their own grids, each with its own label (`unpaired.yaml`).
         overrides: further `--id value` pairs for `monai.bundle run`.
     """
     if not os.path.isfile(os.path.join(CONFIGS, f"{method}.yaml")):
@@ -63,7 +63,7 @@ def main(datalist: str, output_dir: str, plan: str | None = None, method: str = 
         plan_tool.main(datalist, output=plan, device=device, allow_missing_modalities=missing, own_grids=own)
     train, evaluate, infer = stacks(os.path.abspath(plan), method, own_grids=own)
     args = ["--datalist_file", os.path.abspath(datalist), "--output_dir", os.path.abspath(output_dir)]
-    if missing and not own:  # own_grids.yaml sets both itself
+    if missing and not own:  # unpaired.yaml sets both itself
         overrides = {"allow_missing_modalities": True, "modality_presence_input": True, **overrides}
     for key, value in overrides.items():
         args += [f"--{key}", json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)]

@@ -267,3 +267,41 @@ def test_unlabeled_batches_are_asked_for_from_semi_start_epoch_on():
     assert not method.uses_unlabeled_at(0.0) and not method.uses_unlabeled_at(1.99)
     assert method.uses_unlabeled_at(2.0) and method.uses_unlabeled_at(5.0)
     assert _method().uses_unlabeled_at(0.0)
+
+
+# ---------------------------------------------------------------- missing sequences and own grids
+class _Recorder(torch.nn.Module):
+    """A loss stand-in that records the batch size of the tensors it is given and returns their mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, tensors):
+        self.sizes.append([int(t.shape[0]) for t in tensors])
+        return torch.stack([t.mean() for t in tensors]).mean()
+
+
+def test_csc_and_cac_leave_cases_that_lack_a_sequence():
+    """A case with a zeroed sequence (missing, or own grids: every case) is compared with nothing."""
+    net, (image, label, unlabeled) = _net(), _batch()
+    method = _method()
+    method.csc_loss, method.cac_loss = _Recorder(), _Recorder()
+    image, unlabeled = image.clone(), unlabeled.clone()
+    image[1, 2] = 0.0
+    unlabeled[0, 1] = 0.0
+    out = method.step(net, image, label, unlabeled, epoch=0.0)
+    complete_unlabeled = unlabeled.shape[0] - 1
+    # CSC: the complete labeled case and the complete unlabeled ones, stacked; CAC: the complete unlabeled
+    assert method.csc_loss.sizes == [[1 + complete_unlabeled] * 3]
+    assert method.cac_loss.sizes == [[complete_unlabeled] * 3]
+    assert "loss_cac" in out.terms
+    # one sequence per case (own grids): no pair anywhere, only the supervised term
+    one = torch.zeros_like(unlabeled)
+    one[:, 0] = unlabeled[:, 0]
+    lone = torch.zeros_like(image)
+    lone[:, 1] = image[:, 1]
+    method.csc_loss, method.cac_loss = _Recorder(), _Recorder()
+    out = method.step(net, lone, label, one, epoch=0.0)
+    assert method.csc_loss.sizes == [] and method.cac_loss.sizes == []
+    assert set(out.terms) == {"loss_sup"}

@@ -131,7 +131,7 @@ OWN_GRID_IDS = [
 
 def test_training_evaluation_and_inference_on_own_grids(tmp_path):
     datalist = _own_grid_dataset(tmp_path / "data")
-    stack = ["train.yaml", "planned.yaml", "unet.yaml", "weak_strong.yaml", "own_grids.yaml"]
+    stack = ["train.yaml", "planned.yaml", "unet.yaml", "weak_strong.yaml", "unpaired.yaml"]
     run_bundle([
         "run", "--config_file", config_files(*stack), *OWN_GRID_IDS, "--datalist_file", datalist,
         "--epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "1",
@@ -147,7 +147,7 @@ def test_training_evaluation_and_inference_on_own_grids(tmp_path):
     for m in MODALITIES:  # each sequence scored alone, against its own label
         assert metrics["summary_by_modality"][m]["fused"]["dice"]["mean"] == pytest.approx(by_case[f"p5_{m}"])
     run_bundle([
-        "run", "--config_file", config_files("inference.yaml", "planned_inference.yaml", "unet.yaml", "own_grids.yaml"),
+        "run", "--config_file", config_files("inference.yaml", "planned_inference.yaml", "unet.yaml", "unpaired.yaml"),
         *OWN_GRID_IDS, "--ckpt_dir", str(tmp_path / "run"), "--output_dir", str(tmp_path / "seg"),
         "--image", json.dumps([str(tmp_path / "data" / "p5_mr.nii.gz"), str(tmp_path / "data" / "p5_us.nii.gz")]),
     ])

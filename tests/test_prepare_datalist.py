@@ -659,7 +659,7 @@ def test_folders_cli_flags_as_text(tmp_path):
            "--num_validation", "1", "--num_testing", "1"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "own_grids.yaml" in done.stdout
+    assert "unpaired.yaml" in done.stdout
     content = json.loads(out.read_text())
     assert content["modalities"] == ["mr", "trus"] and set(content["training"][0]["label"]) == {"mr", "trus"}
 

@@ -671,19 +671,21 @@ class _BatchSizes(torch.nn.Module):
 
 
 def test_cases_lacking_a_sequence_leave_the_cross_modal_terms():
-    """Issue 23: an unlabeled case without sequence 1 (zeroed) is left out of ASC and the mutual MSE, and
-    out of PReL when its teacher's sequence is the one missing."""
+    """Issue 23: unlabeled cases without sequence 1 or 2 (zeroed) are left out of ASC and the mutual MSE;
+    network m re-learns (PReL) only on the cases that hold both the teacher's sequence and sequence m."""
     torch.manual_seed(0)
     net = tiny_net(dropout=0.1)
     asc, mse, prel = _BatchSizes(), _BatchSizes(), _BatchSizes()
     method = make_method(mutual_epochs=1.0)
     method.asc_loss, method.mutual_loss, method.pseudo_label_loss = asc, mse, prel
     method.setup(net)
-    image, unlabeled = torch.randn(2, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    image, unlabeled = torch.randn(2, 3, 16, 16), torch.randn(5, 3, 16, 16)
     unlabeled[1, 1] = 0.0
+    unlabeled[3, 2] = 0.0
     label = torch.randint(0, 3, (2, 1, 16, 16))
     method.step(net, image, label, unlabeled, epoch=0.0)
     assert asc.sizes == [3] and mse.sizes == [3]
     method.record_validation(1, [0.1, 0.3, 0.2], net)  # the teacher reads sequence 1, which case 1 lacks
     method.step(net, image, label, unlabeled, epoch=1.0)
-    assert method.teacher_modality == 1 and prel.sizes == [3, 3, 3]
+    # network 0 and the teacher's own network 1: cases 0, 2, 3, 4; network 2 also loses case 3
+    assert method.teacher_modality == 1 and prel.sizes == [4, 4, 3]

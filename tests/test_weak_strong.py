@@ -131,6 +131,71 @@ def test_batch_misalignment_keeps_the_reference_sequence():
     assert torch.equal(moved, again)
 
 
+# ---------------------------------------------------------------- strong views and missing sequences
+def _own_grid_batch():
+    """4 cases of 2 sequences, each case holding one (own grids): MR, US, MR, US; the absent one is 0."""
+    torch.manual_seed(0)
+    image = torch.zeros(4, 2, 8, 8)
+    for i in range(4):
+        image[i, i % 2] = torch.randn(8, 8)
+    return image
+
+
+def test_intensity_perturbation_leaves_missing_sequences_at_zero():
+    image = _own_grid_batch()
+    out = SequenceIntensityPerturbation(prob=1.0)(image)
+    for i in range(4):
+        assert torch.equal(out[i, 1 - i % 2], torch.zeros(8, 8))  # absent: still exactly zero
+        assert not torch.allclose(out[i, i % 2], image[i, i % 2])  # present: perturbed
+
+
+def test_sequence_dropout_drops_only_present_sequences_and_keeps_one():
+    torch.manual_seed(0)
+    image = torch.randn(64, 3, 4, 4)
+    image[:32, 1] = 0  # the first half lacks sequence 1
+    dropout = SequenceDropout(prob=1.0)
+    present = torch.ones(64, 3, dtype=torch.bool)
+    present[:32, 1] = False
+    dropped = dropout.sample(64, 3, present=present)
+    assert not dropped[:32, 1].any()  # a missing sequence is never "dropped" (it would count as one)
+    assert ((present & ~dropped).sum(dim=1) >= 1).all()
+    assert dropped[:32].sum(dim=1).eq(1).all()  # two present: exactly one goes
+    assert torch.equal(dropout(_own_grid_batch()), _own_grid_batch())  # one present: untouched
+
+
+def test_misalignment_leaves_cases_without_their_reference_sequence():
+    image = _own_grid_batch()
+    moved = BatchModalityMisalignment(prob=1.0, max_shift_mm=3.0, max_rotation_deg=0.0)(image)
+    for i in (1, 3):  # ultrasound only: the reference (channel 0) is missing, nothing moves
+        assert torch.equal(moved[i], image[i])
+    complete = torch.randn(2, 2, 16, 16)
+    assert not torch.equal(BatchModalityMisalignment(prob=1.0, max_shift_mm=3.0)(complete)[:, 1], complete[:, 1])
+
+
+def test_cutmix_partners_share_their_sequences():
+    present = torch.tensor([[1, 0], [0, 1], [1, 0], [0, 1], [1, 1]], dtype=torch.bool)
+    assert BoxCutMix.partner(5, present).tolist() == [2, 3, 0, 1, 4]  # case 4 has no partner: itself
+    assert BoxCutMix.partner(4).tolist() == [1, 2, 3, 0]
+    image = _own_grid_batch()
+    torch.manual_seed(1)
+    mixed, target = BoxCutMix(prob=1.0, min_area=0.3, max_area=0.3)(image, image[:, :1].clone())
+    assert torch.equal(mixed[:, 0][[1, 3]], torch.zeros(2, 8, 8))  # no MR content entered an US case
+    assert torch.equal(mixed[:, 1][[0, 2]], torch.zeros(2, 8, 8))
+    assert not torch.equal(mixed, image)
+
+
+def test_strong_view_keeps_each_case_sequences():
+    image = _own_grid_batch()
+    view = StrongView(SequenceIntensityPerturbation(prob=1.0), BatchModalityMisalignment(prob=1.0),
+                      SequenceDropout(prob=1.0), BoxCutMix(prob=1.0))
+    from scripts.data.missing_modalities import modality_presence
+
+    for seed in range(5):
+        torch.manual_seed(seed)
+        strong, _ = view(image, torch.zeros(4, 1, 8, 8))
+        assert torch.equal(modality_presence(strong), modality_presence(image))
+
+
 # ---------------------------------------------------------------- the masked loss, against a loop over voxels
 def _masked_loss_by_hand(logits, pseudo_label, mask, ce_weight=0.5, dice_weight=0.5, smooth=1e-5):
     x = logits.double().numpy()
@@ -368,6 +433,22 @@ def test_cmc_strong_views_adds_the_weighted_cross_view_term():
     assert {"loss_sup", "loss_csc", "loss_cac", "loss_cac_strong"} <= set(out.terms)
     out.loss.backward()
     assert float(net.fusion.proj.conv.weight.grad.abs().sum()) > 0
+
+
+def test_cmc_cross_view_pairs_only_the_sequences_a_case_has():
+    torch.manual_seed(0)
+    strong = [torch.randn(3, 3, 8, 8) for _ in range(2)]
+    weak = [torch.randn(3, 3, 8, 8) for _ in range(2)]
+    present = torch.tensor([[True, True], [True, False], [False, True]])  # complete, MR only, US only
+    got = float(_cmc_strong().cross_view_consistency(strong, weak, present))
+    pairs = []
+    for a in range(2):
+        for b in range(2):
+            cases = [i for i in range(3) if present[i, a] and present[i, b]]
+            pairs.append(_soft_dice_loss_by_hand(strong[a][cases], weak[b][cases]))
+    assert got == pytest.approx(float(np.mean(pairs)), rel=1e-5)
+    everything = float(_cmc_strong().cross_view_consistency(strong, weak))
+    assert everything != pytest.approx(got, rel=1e-3)
 
 
 def test_cmc_strong_views_bundle_run(tmp_path):

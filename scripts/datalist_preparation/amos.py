@@ -70,7 +70,7 @@ def amos(
 
     The scans of each modality are split per scan (validation/testing counts and fractions apply
     to each modality; ``labeled_fraction`` to each modality's training scans). ``pairing="none"``
-    (recommended, for runs with modalities on their own grids: ``configs/own_grids.yaml``) writes
+    (recommended, for runs with modalities on their own grids: ``configs/unpaired.yaml``) writes
     one single-modality case per scan, ``{"case": "amos_0001", "ct": ..., "label": {"ct": ...}}``:
     CT and MRI patients stay separate cohorts, as they are. The other modes pair CT and MRI scans
     (of different patients) within each split with a seeded permutation. ``pairing="cycle"`` uses every scan
@@ -152,7 +152,7 @@ def amos(
         "mode": pairing,
         "note": "CT and MRI scans come from different patients; each scan was assigned to one split, "
         + (
-            "and is one case with its own label (load with own_grids: configs/own_grids.yaml)"
+            "and is one case with its own label (load with own_grids: configs/unpaired.yaml)"
             if unpaired
             else "then CT and MRI scans of a split were paired with a seeded permutation"
         ),
@@ -192,7 +192,7 @@ def amos(
         what = "no training scan" if unpaired else "no training pair (CT or MRI training scans missing)"
         raise PreparationError([what], run.command)
     if unpaired:
-        run.notes.append("one case per scan: train with bundle/configs/own_grids.yaml (own_grids: true)")
+        run.notes.append("one case per scan: train with bundle/configs/unpaired.yaml (own_grids: true)")
     return run.write(content)
 
 

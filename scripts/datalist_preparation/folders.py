@@ -58,7 +58,7 @@ def folders(
     - ``own_grids=True`` (sequences on their own grids, not registered: MR and ultrasound, CT and MRI):
       one label per sequence, ``<case>_<modality><label_suffix>.nii.gz``, on that sequence's grid; the
       case is written ``{"case": c, "mr": ..., "trus": ..., "label": {"mr": ..., "trus": ...}}``. A labeled
-      case has a label for every sequence it has. Load it with ``own_grids`` (``configs/own_grids.yaml``).
+      case has a label for every sequence it has. Load it with ``own_grids`` (``configs/unpaired.yaml``).
     - ``own_grids=False`` (co-registered sequences): one label ``<case><label_suffix>.nii.gz`` on the
       grid shared by the case's sequences, written ``"label": path``.
 
@@ -208,7 +208,7 @@ def folders(
         more = " ..." if len(incomplete) > 6 else ""
         run.notes.append(f"{len(incomplete)} case(s) lack a sequence: {incomplete[:6]}{more}")
     if own_grids:
-        run.notes.append("sequences on their own grids: train with bundle/configs/own_grids.yaml (own_grids: true)")
+        run.notes.append("sequences on their own grids: train with bundle/configs/unpaired.yaml (own_grids: true)")
     elif incomplete:
         run.notes.append("cases lack sequences: train with --allow_missing_modalities true")
 

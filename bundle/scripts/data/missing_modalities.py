@@ -21,7 +21,22 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
-__all__ = ["LoadModalityImagesd", "missing_modalities"]
+__all__ = ["LoadModalityImagesd", "missing_modalities", "modality_presence"]
+
+
+def modality_presence(image: torch.Tensor) -> torch.Tensor:
+    """``(B, M)`` boolean mask: True where channel ``m`` of case ``b`` is not constant over its
+    spatial axes: the bundle's rule for a missing sequence (a zero-filled file, a dropped or zeroed
+    channel), which needs no side channel; ``scripts.networks.modality_presence`` says how the
+    networks use it, and the strong views (``scripts.data.strong_views``) perturb only present channels.
+
+    Args:
+        image: ``(B, M, *spatial)``.
+    """
+    if image.dim() < 3:
+        raise ValueError(f"modality_presence expects (B, M, *spatial), got shape {list(image.shape)}.")
+    flat = image.flatten(2)
+    return flat.amax(dim=2) > flat.amin(dim=2)
 
 
 def missing_modalities(image: Any, modalities: Sequence[str]) -> list[str]:

@@ -18,7 +18,13 @@ per imaging sequence, on the training device, after the data pipeline:
   each case is replaced by the same box of another case, and its pseudo-label and confidence mask with
   the same box.
 
-:class:`StrongView` chains them in that order. All randomness comes from torch's global generator
+:class:`StrongView` chains them in that order. Every part respects **missing sequences** (a channel
+that is constant over a case, ``scripts.data.missing_modalities.modality_presence``: a zero-filled
+file, or, on own grids, every sequence but the case's own): only present sequences are perturbed or
+dropped (at least one present sequence is kept), a case whose reference sequence is missing is not
+misaligned, and CutMix mixes a case only with a case that has the same sequences. A strong view
+therefore never makes an absent sequence look present, nor blanks a case, nor moves the only
+sequence a pseudo-label follows. All randomness comes from torch's global generator
 (seeded by ``monai.utils.set_determinism`` and saved with the training state), so a run is
 reproducible and a resumed run continues the same draws.
 
@@ -40,6 +46,7 @@ from monai.transforms import MapTransform
 from torch import nn
 
 from .misalignment import RandModalityMisalignd
+from .missing_modalities import modality_presence
 
 __all__ = [
     "SequenceIntensityPerturbation",
@@ -103,11 +110,13 @@ class SequenceIntensityPerturbation(nn.Module):
         self.contrast, self.brightness = float(contrast), float(brightness)
         self.gamma, self.noise_std = float(gamma), float(noise_std)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``image`` (B, M, *spatial) -> perturbed copy of the same shape."""
+    def forward(self, image: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """``image`` (B, M, *spatial) -> perturbed copy of the same shape; only the channels where
+        ``present`` (B, M; default :func:`modality_presence` of ``image``) is True change."""
         b, m = image.shape[:2]
         ones = [1] * (image.ndim - 2)
-        on = (torch.rand(b, m, device=image.device) < self.prob).to(image.dtype).view(b, m, *ones)
+        present = modality_presence(image) if present is None else present.to(torch.bool)
+        on = ((torch.rand(b, m, device=image.device) < self.prob) & present).to(image.dtype).view(b, m, *ones)
         x = image
         if self.gamma > 1:
             flat = x.reshape(b, m, -1)
@@ -127,7 +136,8 @@ class SequenceIntensityPerturbation(nn.Module):
 class SequenceDropout(nn.Module):
     """
     Zeroes whole sequences (channels) of some cases: with probability ``prob`` a case loses between 1 and
-    ``max_dropped`` of its ``M`` sequences (chosen uniformly; at least one sequence is always kept).
+    ``max_dropped`` of the ``P`` sequences it has (chosen uniformly among its present sequences; at least
+    one is always kept, so a case with one sequence is never changed).
 
     After the bundle's per-sequence z-score normalisation, zero is a sequence's mean intensity, i.e. a
     sequence that carries no information.
@@ -144,17 +154,22 @@ class SequenceDropout(nn.Module):
             raise ValueError(f"max_dropped must be >= 1 or None, got {max_dropped}.")
         self.max_dropped = None if max_dropped is None else int(max_dropped)
 
-    def sample(self, batch_size: int, num_sequences: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """A (B, M) boolean mask of the dropped sequences."""
+    def sample(
+        self,
+        batch_size: int,
+        num_sequences: int,
+        device: torch.device | str = "cpu",
+        present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """A (B, M) boolean mask of the dropped sequences, drawn among ``present`` (B, M; None: all)."""
         dropped = torch.zeros(batch_size, num_sequences, dtype=torch.bool, device=device)
-        if num_sequences < 2:
-            return dropped
-        most = min(self.max_dropped or num_sequences - 1, num_sequences - 1)
         for i in range(batch_size):
-            if float(torch.rand(())) >= self.prob:
+            have = torch.arange(num_sequences) if present is None else torch.nonzero(present[i].cpu()).flatten()
+            if len(have) < 2 or float(torch.rand(())) >= self.prob:
                 continue
+            most = min(self.max_dropped or len(have) - 1, len(have) - 1)
             k = int(torch.randint(1, most + 1, ()))
-            dropped[i, torch.randperm(num_sequences)[:k].to(device)] = True
+            dropped[i, have[torch.randperm(len(have))[:k]].to(device)] = True
         return dropped
 
     @staticmethod
@@ -163,8 +178,9 @@ class SequenceDropout(nn.Module):
         keep = (~dropped).to(image.dtype).view(*dropped.shape, *[1] * (image.ndim - 2))
         return image * keep
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.apply(image, self.sample(image.shape[0], image.shape[1], image.device))
+    def forward(self, image: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        present = modality_presence(image) if present is None else present
+        return self.apply(image, self.sample(image.shape[0], image.shape[1], image.device, present))
 
 
 class DropSequencesd(MapTransform):
@@ -199,7 +215,8 @@ class BatchModalityMisalignment(nn.Module):
     The bundle's misalignment augmentation (:class:`~scripts.data.misalignment.RandModalityMisalignd`)
     applied to every case of a batch: each non-reference sequence is, with probability ``prob``, shifted
     and rotated on its own; the reference sequence (channel ``reference_modality``), and therefore a
-    pseudo-label on its grid, does not move.
+    pseudo-label on its grid, does not move. A case whose reference sequence is missing is left as it is
+    (its pseudo-label follows the sequences it has, which must not move against it).
 
     Args:
         spacing: voxel size (mm) of the batch's spatial axes, so that the limits are in mm (e.g. the
@@ -216,6 +233,7 @@ class BatchModalityMisalignment(nn.Module):
         reference_modality: int = 0,
     ) -> None:
         super().__init__()
+        self.reference_modality = int(reference_modality)
         self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.transform = RandModalityMisalignd(
             keys="image",
@@ -226,9 +244,10 @@ class BatchModalityMisalignment(nn.Module):
             reference_modality=reference_modality,
         )
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         if image.shape[1] < 2:
             return image
+        present = modality_presence(image) if present is None else present
         d = image.ndim - 2
         spacing = self.spacing or [1.0] * d
         if len(spacing) != d:
@@ -238,9 +257,13 @@ class BatchModalityMisalignment(nn.Module):
         # seed (and a resumed run's saved random state) decide the motions
         self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ())))
         moved = []
-        for case in image:
+        for case, has in zip(image, present, strict=True):
             out = self.transform({"image": MetaTensor(case.detach().cpu().float(), affine=affine)})["image"]
-            moved.append(torch.as_tensor(out).to(device=image.device, dtype=image.dtype))
+            moved.append(
+                torch.as_tensor(out).to(device=image.device, dtype=image.dtype)
+                if has[self.reference_modality]
+                else case
+            )
         return torch.stack(moved)
 
 
@@ -253,8 +276,11 @@ class BoxCutMix(nn.Module):
     CutMix between the cases of a batch (Yun et al., "CutMix", ICCV 2019), applied identically to the
     images and to their per-voxel targets.
 
-    With probability ``prob`` a case ``i`` receives, inside one random box, the content of case
-    ``partner[i] = (i + 1) mod B``; the box covers a fraction of the image drawn uniformly in
+    With probability ``prob`` a case ``i`` receives, inside one random box, the content of its partner:
+    the next case, cyclically, that has the same sequences present (``partner[i] = (i + 1) mod B`` when
+    all cases have all sequences); a case with no such partner is not mixed. (Mixing an MR case with an
+    ultrasound case would put both sequences into one image, and a missing sequence would look present.)
+    The box covers a fraction of the image drawn uniformly in
     ``[min_area, max_area]``, with side ratios drawn log-uniformly up to ``max_aspect``.
 
     Args:
@@ -293,19 +319,35 @@ class BoxCutMix(nn.Module):
         return box
 
     @staticmethod
-    def partner(batch_size: int) -> torch.Tensor:
-        """Index of the case each case takes its box from: the next one, cyclically."""
-        return torch.roll(torch.arange(batch_size), -1)
+    def partner(batch_size: int, present: torch.Tensor | None = None) -> torch.Tensor:
+        """Index of the case each case takes its box from: the next one, cyclically, with the same
+        ``present`` row (B, M; None: the next one); itself when there is none."""
+        if present is None:
+            return torch.roll(torch.arange(batch_size), -1)
+        rows = present.cpu()
+        partner = torch.arange(batch_size)
+        for i in range(batch_size):
+            for step in range(1, batch_size):
+                j = (i + step) % batch_size
+                if torch.equal(rows[j], rows[i]):
+                    partner[i] = j
+                    break
+        return partner
 
     @staticmethod
     def apply(x: torch.Tensor, box: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, *spatial) with the content of ``x[partner]`` inside ``box`` (B, 1, *spatial)."""
         return torch.where(box, x[partner.to(x.device)], x)
 
-    def forward(self, image: torch.Tensor, *targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Mix ``image`` and every target (each (B, C, *spatial)) with the same boxes and partners."""
+    def forward(
+        self, image: torch.Tensor, *targets: torch.Tensor, present: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Mix ``image`` and every target (each (B, C, *spatial)) with the same boxes and partners
+        (``present``: the (B, M) sequences of each case; default :func:`modality_presence` of ``image``)."""
+        present = modality_presence(image) if present is None else present
+        partner = self.partner(image.shape[0], present)
         box = self.sample(image.shape[0], image.shape[2:], image.device)
-        partner = self.partner(image.shape[0])
+        box &= (partner != torch.arange(image.shape[0])).to(box.device).view(-1, *[1] * (box.ndim - 1))
         return (self.apply(image, box, partner), *(self.apply(t, box, partner) for t in targets))
 
 
@@ -342,14 +384,16 @@ class StrongView(nn.Module):
 
     def forward(self, image: torch.Tensor, *targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``image`` (B, M, *spatial) and targets (B, C, *spatial) on the same grid -> the strong image
-        and the targets moved with it (only CutMix moves targets)."""
+        and the targets moved with it (only CutMix moves targets). The sequences present in each case
+        are found once, on ``image``, and every part keeps to them."""
+        present = modality_presence(image)
         x = image
         if self.intensity is not None:
-            x = self.intensity(x)
+            x = self.intensity(x, present)
         if self.misalignment is not None:
-            x = self.misalignment(x)
+            x = self.misalignment(x, present)
         if self.sequence_dropout is not None:
-            x = self.sequence_dropout(x)
+            x = self.sequence_dropout(x, present)
         if self.cutmix is not None:
-            return self.cutmix(x, *targets)
+            return self.cutmix(x, *targets, present=present)
         return (x, *targets)

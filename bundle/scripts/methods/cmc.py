@@ -6,9 +6,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..data.missing_modalities import modality_presence
 from ..engine.method import SemiSupervisedMethod, StepOutput
 
-__all__ = ["CMCMethod"]
+__all__ = ["CMCMethod", "complete_cases"]
+
+
+def complete_cases(per_modality: list[torch.Tensor] | None, complete: torch.Tensor) -> list[torch.Tensor] | None:
+    """The cases (rows) where ``complete`` (B,) is True of each per-modality tensor; None when there is
+    none (or no tensors)."""
+    if not per_modality or not bool(complete.any()):
+        return None
+    if bool(complete.all()):
+        return list(per_modality)
+    return [x[complete] for x in per_modality]
 
 
 class CMCMethod(SemiSupervisedMethod):
@@ -91,14 +102,20 @@ class CMCMethod(SemiSupervisedMethod):
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
         if semi:
+            # CSC and CAC compare the sequences of one case: cases lacking a sequence (missing sequences;
+            # on own grids every case) leave them, as they leave Semi-CML's cross-modal terms
+            unlabeled_complete = None if unlabeled is None else modality_presence(unlabeled).all(dim=1)
+            labeled_features = complete_cases(labeled_features, modality_presence(image).all(dim=1))
+            unlabeled_features = None if unlabeled is None else complete_cases(unlabeled_features, unlabeled_complete)
             csc = self._csc(labeled_features, unlabeled_features)
             if csc is not None:
                 w_csc = float(self.csc_schedule(epoch))
                 loss = loss + w_csc * csc
                 terms.update(loss_csc=csc, weight_csc=w_csc)
-            if unlabeled_logits is not None:
+            paired = None if unlabeled is None else complete_cases(unlabeled_logits, unlabeled_complete)
+            if paired:
                 w_cac = float(self.cac_schedule(epoch))
-                cac = self.cac_loss(unlabeled_logits)
+                cac = self.cac_loss(paired)
                 loss = loss + w_cac * cac
                 terms.update(loss_cac=cac, weight_cac=w_cac)
         return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(network, labeled_logits))

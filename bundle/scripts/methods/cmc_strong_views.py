@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.missing_modalities import modality_presence
 from ..data.strong_views import StrongView
 from ..engine.method import StepOutput
 from .cmc import CMCMethod
@@ -52,9 +53,21 @@ class CMCStrongViewMethod(CMCMethod):
         self.strong_view = strong_view
         self.strong_schedule = strong_schedule
 
-    def cross_view_consistency(self, strong: list[torch.Tensor], weak: list[torch.Tensor]) -> torch.Tensor:
-        """Mean CAC over every (strong head, weak head) pair."""
-        return torch.stack([self.cac_loss([s, w]) for s in strong for w in weak]).mean()
+    def cross_view_consistency(
+        self, strong: list[torch.Tensor], weak: list[torch.Tensor], present: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean CAC over every (strong head ``a``, weak head ``b``) pair, each on the cases that hold both
+        sequences ``a`` and ``b`` (``present`` (B, M); None: every case): a head whose sequence is missing
+        does not vote, as in the fused prediction (on own grids only the pairs ``a == b`` remain)."""
+        losses = []
+        for a, s in enumerate(strong):
+            for b, w in enumerate(weak):
+                keep = None if present is None else present[:, a] & present[:, b]
+                if keep is None or bool(keep.all()):
+                    losses.append(self.cac_loss([s, w]))
+                elif bool(keep.any()):
+                    losses.append(self.cac_loss([s[keep], w[keep]]))
+        return torch.stack(losses).mean()
 
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         out = super().step(network, image, label, unlabeled, epoch)
@@ -64,6 +77,6 @@ class CMCStrongViewMethod(CMCMethod):
         weak = self.predict_heads(network, unlabeled)
         strong_image, *weak_moved = self.strong_view(unlabeled, *weak)
         strong, _ = self.forward_heads(network, strong_image)
-        cross = self.cross_view_consistency(strong, weak_moved)
+        cross = self.cross_view_consistency(strong, weak_moved, modality_presence(unlabeled))
         terms = dict(out.terms, loss_cac_strong=cross, weight_cac_strong=weight)
         return StepOutput(loss=out.loss + weight * cross, terms=terms, pred=out.pred)

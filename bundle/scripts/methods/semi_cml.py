@@ -420,8 +420,8 @@ class SemiCMLMethod(SemiSupervisedMethod):
         terms: dict[str, torch.Tensor | float] = {"loss_sup": sup}
         loss = sup
         if unlabeled_logits is not None:
-            # cases lacking a sequence (missing sequences: a constant channel) leave the cross-modal terms,
-            # whose network of that sequence would read nothing; PReL keeps the cases its teacher can read
+            # cases lacking a sequence (missing sequences: a constant channel; on own grids every case) leave
+            # the cross-modal terms, whose network of that sequence would read nothing
             present = modality_presence(unlabeled)
             complete = present.all(dim=1)
             probabilities = [torch.softmax(x, dim=1) for x in unlabeled_logits]
@@ -434,20 +434,27 @@ class SemiCMLMethod(SemiSupervisedMethod):
                 loss = loss + w_asc * asc + w_mse * mse
                 terms.update(loss_asc=asc, loss_mse=mse, weight_asc=w_asc, weight_mse=w_mse)
             else:
-                readable = present[:, self.teacher_modality]
                 pseudo = self.pseudo_labels(unlabeled)
-                if bool(readable.all()):
-                    prel = torch.stack([self.pseudo_label_loss(x, pseudo) for x in unlabeled_logits]).mean()
-                elif bool(readable.any()):
-                    prel = torch.stack(
-                        [self.pseudo_label_loss(x[readable], pseudo[readable]) for x in unlabeled_logits]
-                    ).mean()
-                else:
-                    prel = zero
+                prel = self.relearning_loss(unlabeled_logits, pseudo, present)
                 w_prel, w_asc = self.prel_weights()
                 loss = loss + w_prel * prel + w_asc * asc
                 terms.update(loss_prel=prel, loss_asc=asc, weight_prel=w_prel, weight_asc=w_asc)
         return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(network, labeled_logits))
+
+    def relearning_loss(self, logits: list[torch.Tensor], pseudo: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """PReL: the mean over the modality networks of the pseudo-label loss of network ``m`` on the
+        cases that hold both the teacher's sequence and sequence ``m`` (``present`` (B, M)); a network
+        whose own sequence is missing would read nothing, and a teacher that reads nothing has nothing
+        to teach. Networks with no such case leave the mean (zero when none has one)."""
+        readable = present[:, self.teacher_modality]
+        parts = []
+        for m, x in enumerate(logits):
+            keep = readable & present[:, m]
+            if bool(keep.all()):
+                parts.append(self.pseudo_label_loss(x, pseudo))
+            elif bool(keep.any()):
+                parts.append(self.pseudo_label_loss(x[keep], pseudo[keep]))
+        return torch.stack(parts).mean() if parts else logits[0].new_zeros(())
 
     def prel_weights(self) -> tuple[float, float]:
         """The weights ``(w_prel, w_asc)`` of the pseudo-label term and of ASC in the prel stage."""

@@ -7,7 +7,8 @@ acquired, a sequence left out at inference, a strong view's sequence dropout) is
 zero everywhere after intensity normalisation. A network cannot tell such a channel from a real image
 of mean intensity by its values at one voxel, so it is told explicitly:
 
-- :func:`modality_presence` marks a channel as present when it is not constant over the input. A
+- :func:`modality_presence` (kept with the data convention, ``scripts.data.missing_modalities``)
+  marks a channel as present when it is not constant over the input. A
   constant channel carries no information, so calling it absent loses nothing, and the rule needs no
   side channel: it holds for a zero-filled missing file, for a sequence dropped by a strong view, for a
   channel zeroed by the subset evaluation, and for any caller (MONAI Label, an exported TorchScript
@@ -29,22 +30,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..data.missing_modalities import modality_presence
 from ..errors import as_bool
 
 __all__ = ["ModalityPresenceInput", "modality_presence", "present_heads_mean", "with_presence_input"]
-
-
-def modality_presence(image: torch.Tensor) -> torch.Tensor:
-    """``(B, M)`` boolean mask: True where channel ``m`` of case ``b`` is not constant over its
-    spatial axes (see the module docstring).
-
-    Args:
-        image: ``(B, M, *spatial)``.
-    """
-    if image.dim() < 3:
-        raise ValueError(f"modality_presence expects (B, M, *spatial), got shape {list(image.shape)}.")
-    flat = image.flatten(2)
-    return flat.amax(dim=2) > flat.amin(dim=2)
 
 
 def present_heads_mean(
