@@ -332,3 +332,38 @@ def test_resolve_user_dataset(tmp_path, monkeypatch):
     # only a datalist file: paths relative to its own folder
     data = resolve_datalist(None, str(dataset / "datalist.json"), MODALITIES, str(tmp_path / "unused"))
     assert data["training"][0]["image"][2] == str(dataset / "training/u1_flair.nii.gz")
+
+
+# ---------------------------------------------------------------- names a datalist declares for itself
+def test_declared_names_read_the_datalists_modalities_and_labels(tmp_path):
+    from scripts.data.datalist import declared_names
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"modalities": ["mr", "trus"], "labels": {"0": "background", "2": "zone", "1": "gland"}}))
+    assert declared_names(None, str(path), "modalities", ["t1"]) == ["mr", "trus"]
+    assert declared_names(None, str(path), "labels", ["x"]) == ["gland", "zone"]  # ordered by label value
+    assert declared_names(str(tmp_path), None, "labels", ["x"]) == ["gland", "zone"]  # <dataset_dir>/datalist.json
+    path.write_text(json.dumps({"labels": {"background": 0, "myo": 1, "lv": 2}}))  # name -> value
+    assert declared_names(None, str(path), "labels", ["x"]) == ["myo", "lv"]
+    assert declared_names(None, str(path), "modalities", ["t1", "t2"]) == ["t1", "t2"]  # not declared
+    assert declared_names(None, None, "labels", ["a", "b"]) == ["a", "b"]  # synthetic
+    assert declared_names(None, str(tmp_path / "absent.json"), "labels", ["a"]) == ["a"]  # reported later
+    for bad, key in (({"labels": {"1": "a", "3": "b"}}, "labels"), ({"modalities": "mr"}, "modalities")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(DatalistError, match=f"{path}: key '{key}'"):
+            declared_names(None, str(path), key, ["d"])
+
+
+def test_a_run_takes_its_modalities_and_classes_from_the_datalist(tmp_path):
+    from monai.bundle import ConfigParser
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"modalities": ["mr", "trus"], "labels": {"1": "gland"}, "training": []}))
+    for name in ("train.yaml", "inference.yaml"):
+        parser = ConfigParser()
+        parser.read_config(str(Path(__file__).resolve().parents[1] / "bundle" / "configs" / name))
+        parser["datalist_file"] = str(path)
+        assert parser.get_parsed_content("modalities") == ["mr", "trus"], name
+        assert parser.get_parsed_content("num_classes") == 2, name
+        parser["class_names"] = ["a", "b"]  # the command line wins
+        assert parser.get_parsed_content("num_classes", lazy=False) == 3, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -114,7 +115,7 @@ def _own_grid_dataset(root: Path) -> str:
             case[m] = f"{name}_{m}.nii.gz"
             case["label"][m] = f"{name}_{m}_seg.nii.gz"
         cases.append(case)
-    content = {"modalities": MODALITIES, "training": cases[:3], "unlabeled": [dict(cases[3], label=None)],
+    content = {"modalities": MODALITIES, "labels": {"1": "gland"}, "training": cases[:3], "unlabeled": [dict(cases[3], label=None)],
                "validation": cases[4:5], "testing": cases[5:]}
     del content["unlabeled"][0]["label"]
     path = root / "datalist.json"
@@ -156,3 +157,94 @@ def test_training_evaluation_and_inference_on_own_grids(tmp_path):
         seg = nib.load(tmp_path / "seg" / f"p5_{m}_seg.nii.gz")
         assert seg.shape == source.shape, m
         np.testing.assert_allclose(seg.affine, source.affine, atol=1e-5)
+
+
+# ---------------------------------------------------------------- unpaired.yaml: every method, layered like cardiac.yaml
+UNPAIRED_IDS = ["--roi_size", "[16,16,16]", "--unet_channels", "[8,16]", "--batch_size", "2"]
+
+
+@pytest.fixture(scope="module")
+def own_grid_data(tmp_path_factory):
+    return _own_grid_dataset(tmp_path_factory.mktemp("own_grids") / "data")
+
+
+@pytest.mark.parametrize(
+    "method,expected",
+    [
+        (["unet.yaml", "supervised.yaml"], "loss_sup"),
+        (["unet.yaml", "weak_strong.yaml"], "loss_unsup"),  # the strong view of one sequence
+        (["cmc.yaml"], "loss_sup"),
+        (["cmc_strong_views.yaml"], "loss_cac_strong"),  # a head against itself across views
+        (["semicml.yaml"], "loss_prel"),  # the teacher's own sequence
+    ],
+)
+def test_every_method_trains_on_own_grids(own_grid_data, tmp_path, method, expected):
+    """Two iterations per epoch of each method on train.yaml + unpaired.yaml (no --modalities: the
+    datalist declares them); the pairing terms find no pair and stay out of the loss."""
+    extra = ["--mutual_epochs", "1", "--prel_epochs", "1"] if "semicml.yaml" in method else ["--epochs", "1"]
+    proc = run_bundle([
+        "run", "--config_file", config_files("train.yaml", "unpaired.yaml", *method), *UNPAIRED_IDS,
+        "--datalist_file", own_grid_data, "--iterations_per_epoch", "2", "--val_interval", "1", "--log_interval", "1",
+        "--output_dir", str(tmp_path), "--ckpt_dir", str(tmp_path), *extra,
+    ])
+    text = proc.stdout + proc.stderr
+    assert expected in text and (tmp_path / "model.pt").is_file()
+    for pairing in ("loss_cac", "loss_csc", "loss_asc", "loss_mse"):  # no case holds two sequences: absent or 0
+        values = {float(v) for v in re.findall(rf"{pairing}: ([-0-9.]+)", text)}
+        assert values <= {0.0}, (pairing, values)
+
+
+@pytest.fixture(scope="module")
+def unpaired_model(own_grid_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("unpaired_model")
+    run_bundle([
+        "run", "--config_file", config_files("train.yaml", "unpaired.yaml", "unet.yaml", "supervised.yaml"),
+        *UNPAIRED_IDS, "--datalist_file", own_grid_data, "--epochs", "2", "--iterations_per_epoch", "4",
+        "--val_interval", "2", "--output_dir", str(run), "--ckpt_dir", str(run),
+    ])
+    return run
+
+
+def _infer(model: Path, out: Path, images: list[str]) -> None:
+    run_bundle([
+        "run", "--config_file", config_files("inference.yaml", "unet.yaml", "unpaired.yaml"), *UNPAIRED_IDS,
+        "--modalities", json.dumps(MODALITIES), "--class_names", '["gland"]',
+        "--ckpt_dir", str(model), "--output_dir", str(out), "--image", json.dumps(images),
+    ])
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum()))
+
+
+def test_per_modality_metrics_match_dice_computed_by_hand(own_grid_data, unpaired_model, tmp_path):
+    data = Path(own_grid_data).parent
+    run_bundle([
+        "run", "--config_file", config_files("train.yaml", "unpaired.yaml", "unet.yaml", "supervised.yaml", "evaluate.yaml"),
+        *UNPAIRED_IDS, "--datalist_file", own_grid_data, "--ckpt_dir", str(unpaired_model),
+        "--output_dir", str(tmp_path / "eval"), "--num_overlays", "0",
+    ])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    _infer(unpaired_model, tmp_path / "seg", [str(data / "p5_mr.nii.gz"), str(data / "p5_us.nii.gz")])
+    for m in MODALITIES:  # the written label map on the file's grid, against the file's own label
+        seg = nib.load(tmp_path / "seg" / f"p5_{m}_seg.nii.gz").get_fdata() > 0
+        truth = nib.load(data / f"p5_{m}_seg.nii.gz").get_fdata() > 0
+        by_hand = _dice(seg, truth)
+        assert metrics["summary_by_modality"][m]["fused"]["dice"]["mean"] == pytest.approx(by_hand, abs=1e-4), m
+
+
+def test_moving_one_files_origin_changes_nothing_in_the_other_output(own_grid_data, unpaired_model, tmp_path):
+    data = Path(own_grid_data).parent
+    moved = tmp_path / "p5_us.nii.gz"
+    us = nib.load(data / "p5_us.nii.gz")
+    affine = us.affine.copy()
+    affine[:3, 3] += [40.0, -25.0, 13.0]
+    nib.save(nib.Nifti1Image(np.asarray(us.dataobj), affine), str(moved))
+    _infer(unpaired_model, tmp_path / "a", [str(data / "p5_mr.nii.gz"), str(data / "p5_us.nii.gz")])
+    _infer(unpaired_model, tmp_path / "b", [str(data / "p5_mr.nii.gz"), str(moved)])
+    mr_a, mr_b = (nib.load(tmp_path / r / "p5_mr_seg.nii.gz") for r in ("a", "b"))
+    np.testing.assert_array_equal(np.asarray(mr_a.dataobj), np.asarray(mr_b.dataobj))
+    np.testing.assert_allclose(mr_a.affine, mr_b.affine)
+    us_b = nib.load(tmp_path / "b" / "p5_us_seg.nii.gz")  # the moved file's output follows its new origin
+    np.testing.assert_allclose(us_b.affine, affine, atol=1e-5)
+    assert us_b.shape == us.shape

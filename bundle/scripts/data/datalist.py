@@ -37,6 +37,7 @@ __all__ = [
     "derive_case_id",
     "labeled_cases",
     "list_order",
+    "declared_names",
     "load_datalist",
     "normalise_case",
     "resolve_datalist",
@@ -321,6 +322,45 @@ def resolve_datalist(
         allow_missing_modalities=allow_missing_modalities,
         own_grids=own_grids,
     )
+
+
+def declared_names(dataset_dir: str | None, datalist_file: str | None, key: str, default: Sequence[str]) -> list[str]:
+    """The names a datalist declares for itself, so that a run on it needs no ``--modalities`` or
+    ``--class_names``: ``key="modalities"``: its top-level ``"modalities"`` list; ``key="labels"``: the
+    class names of its ``"labels"`` map (``{"1": "gland", ...}`` as MSD writes it, or ``{"gland": 1, ...}``;
+    values 1..K; background, 0, left out).
+    ``default`` when there is no datalist (the synthetic dataset), it cannot be read (its loading reports
+    why), or it declares nothing; the configs' ids given on the command line win over both.
+
+    Raises:
+        DatalistError: the declaration is there but unusable (its problem named with the file).
+    """
+    path = datalist_file or (os.path.join(dataset_dir, "datalist.json") if dataset_dir else None)
+    if key not in _METADATA_KEYS:
+        raise ValueError(f"key must be one of {_METADATA_KEYS}, got {key!r}.")
+    try:
+        with open(os.path.expanduser(str(path)), encoding="utf-8") as f:
+            content = json.load(f)
+    except (OSError, TypeError, ValueError):
+        return list(default)
+    value = content.get(key) if isinstance(content, dict) else None
+    if value is None:
+        return list(default)
+    if key == "modalities":
+        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+            return list(value)
+        raise DatalistError([f"{path}: key 'modalities': must be a non-empty list of names, got {value!r}"])
+    classes = None
+    for orient in (lambda k, v: (k, v), lambda k, v: (v, k)):  # {"1": "gland"} (MSD) or {"gland": 1}
+        try:
+            pairs = [orient(k, v) for k, v in dict(value).items()]
+            classes = {int(number): str(name) for number, name in pairs if int(number) != 0}
+            break
+        except (TypeError, ValueError):
+            continue
+    if not classes or sorted(classes) != list(range(1, len(classes) + 1)):
+        raise DatalistError([f"{path}: key 'labels': must map the label values 1..K to class names, got {value!r}"])
+    return [classes[k] for k in sorted(classes)]
 
 
 def _check_fraction(labeled_fraction: float) -> float:
