@@ -28,12 +28,13 @@ from scripts.errors import as_bool  # noqa: E402
 
 def stacks(plan_file: str, method: str = "weak_strong", own_grids: bool = False) -> tuple[list[str], list[str], list[str]]:
     """The training, evaluation and inference config stacks of a planned run of ``method`` (with
-    ``unpaired.yaml`` after the method's override when the sequences are on their own grids)."""
+    ``unpaired.yaml`` before the network when the sequences are on their own grids; the plan, last,
+    overrides its geometry)."""
     extra = ["unpaired.yaml"] if own_grids else []
-    train = [os.path.join(CONFIGS, c) for c in ("train.yaml", "planned.yaml", "unet.yaml", f"{method}.yaml", *extra)]
+    train = [os.path.join(CONFIGS, c) for c in ("train.yaml", "planned.yaml", *extra, "unet.yaml", f"{method}.yaml")]
     train += [plan_file]
     evaluate = train + [os.path.join(CONFIGS, "evaluate.yaml")]
-    infer = [os.path.join(CONFIGS, c) for c in ("inference.yaml", "planned_inference.yaml", "unet.yaml", *extra)]
+    infer = [os.path.join(CONFIGS, c) for c in ("inference.yaml", "planned_inference.yaml", *extra, "unet.yaml")]
     return train, evaluate, infer + [plan_file]
 
 

@@ -130,6 +130,7 @@ def test_help_prints_help():
     assert "--seeds" in text and "--split_seed" in text and "--test_datalist" in text
 
 
+@pytest.mark.slow  # starts bundle runs through the tool
 def test_benchmark_trains_evaluates_and_skips_done_runs(tmp_path, capsys):
     data = resolve_datalist(None, None, ["t1", "t2", "flair"], str(tmp_path / "data"), spatial_dims=2,
                             synthetic=TINY_SYNTHETIC)
@@ -199,6 +200,7 @@ def fake_bundle(tmp_path, monkeypatch):
     return datalist, flags, tmp_path / "bench" / "calls.txt"
 
 
+@pytest.mark.slow  # starts bundle runs through the tool
 def test_failed_runs_leave_the_others_reported_and_a_rerun_retries_only_them(fake_bundle, tmp_path, capsys):
     """Issue 24: one run failing in training and one in evaluation; the third is reported, each
     failure is listed with its log, the exit status is 1, and a rerun retries only the failed steps."""
@@ -239,6 +241,7 @@ def test_failed_runs_leave_the_others_reported_and_a_rerun_retries_only_them(fak
     assert "Failed runs" not in output.read_text() and json.loads(output.with_suffix(".json").read_text())["failures"] == []
 
 
+@pytest.mark.slow  # starts bundle runs through the tool
 def test_progress_lines_of_parallel_runs_are_whole_lines(fake_bundle, tmp_path, monkeypatch):
     """Issue 24: two jobs starting together printed `... live log X[2/2] ... live log Y` on one line:
     every progress line is written whole, with its newline."""
@@ -261,6 +264,7 @@ def test_progress_lines_of_parallel_runs_are_whole_lines(fake_bundle, tmp_path, 
     assert all(w.endswith("\n") and w.count("\n") == 1 for w in progress), progress
 
 
+@pytest.mark.slow  # starts bundle runs through the tool
 def test_thread_benchmark_reports_every_setting(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_threads", REPO_ROOT / "scripts" / "bench_threads.py")
     threads = importlib.util.module_from_spec(spec)

@@ -123,6 +123,7 @@ def _cardiac_parser(**overrides) -> ConfigParser:
     return parser
 
 
+@pytest.mark.slow  # long in-process training
 def test_cardiac_training_samples_2d_slices_with_foreground_first(tmp_path):
     set_determinism(seed=0)
     case = _write_case(tmp_path, "a", with_label=True)

@@ -88,3 +88,23 @@ def test_only_bundle_path_edits_sys_path_in_the_tools():
                 editors.append(str(path.relative_to(REPO_ROOT)))
                 break
     assert editors == ["scripts/bundle_path.py"]
+
+
+def test_tests_that_start_processes_are_marked_slow_through_helpers_and_fixtures(tmp_path):
+    """The fast tier's marking (tests/conftest.py) follows helpers that start a process."""
+    import importlib.util
+
+    import conftest
+
+    path = tmp_path / "fake_tests.py"
+    path.write_text(
+        "def run_bundle(args):\n    pass\n"
+        "def _train(tmp):\n    return run_bundle([tmp])\n"
+        "def _twice(tmp):\n    return [_train(tmp), _train(tmp)]\n"
+        "def _pure(x):\n    return x + 1\n"
+    )
+    spec = importlib.util.spec_from_file_location("fake_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    starters = conftest._process_starters(module)
+    assert {"_train", "_twice", "run_bundle"} <= starters and "_pure" not in starters

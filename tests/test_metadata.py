@@ -23,8 +23,8 @@ def test_metadata_matches_config():
     meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.yaml"))
-    modalities = parser["modalities"]
-    classes = parser["class_names"]
+    modalities = parser.get_parsed_content("modalities")  # the embedded dataset's (no datalist given)
+    classes = parser.get_parsed_content("class_names")
     image = meta["network_data_format"]["inputs"]["image"]
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert image["num_channels"] == len(modalities)

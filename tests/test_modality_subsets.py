@@ -134,6 +134,7 @@ def _benchmark_row(method: str, channels: list[int], seed: int, datalist: Path, 
             "eval_command": shlex.join(command)}
 
 
+@pytest.mark.slow  # starts bundle runs through the tool
 def test_subset_benchmark_of_a_known_model(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

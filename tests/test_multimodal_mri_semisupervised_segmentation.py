@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 from monai.bundle import ConfigWorkflow
 
 NAME = "multimodal_mri_semisupervised_segmentation"
@@ -96,6 +97,7 @@ class TestMultimodalMRISemisupervisedSegmentation(unittest.TestCase):
         workflow.run()
         workflow.finalize()
 
+    @pytest.mark.slow  # long in-process training
     def test_train_eval_config(self):
         out = os.path.join(self.workdir, "out")
         override = dict(TRAIN_OVERRIDE, dataset_dir=self.dataset_dir, output_dir=out, ckpt_dir=out)

@@ -132,7 +132,7 @@ OWN_GRID_IDS = [
 
 def test_training_evaluation_and_inference_on_own_grids(tmp_path):
     datalist = _own_grid_dataset(tmp_path / "data")
-    stack = ["train.yaml", "planned.yaml", "unet.yaml", "weak_strong.yaml", "unpaired.yaml"]
+    stack = ["train.yaml", "planned.yaml", "unpaired.yaml", "unet.yaml", "weak_strong.yaml"]
     run_bundle([
         "run", "--config_file", config_files(*stack), *OWN_GRID_IDS, "--datalist_file", datalist,
         "--epochs", "1", "--iterations_per_epoch", "2", "--val_interval", "1",

@@ -369,6 +369,7 @@ def _train_in_process(
     return trainer, losses
 
 
+@pytest.mark.slow  # long in-process training
 def test_same_seed_and_config_give_identical_losses(tmp_path):
     data = tmp_path / "data"
     _, first = _train_in_process(tmp_path / "a", data, epochs=2, iterations_per_epoch=10)
@@ -379,6 +380,7 @@ def test_same_seed_and_config_give_identical_losses(tmp_path):
     assert other_seed[0]["loss"] != first[0]["loss"]
 
 
+@pytest.mark.slow  # long in-process training
 def test_finished_run_is_not_retrained_and_resume_false_starts_over(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="scripts.engine.resume")
     data = tmp_path / "data"
@@ -403,6 +405,7 @@ def test_finished_run_is_not_retrained_and_resume_false_starts_over(tmp_path, ca
     assert checkpoint.read_bytes() == content  # ... with the same content: same seed, same training
 
 
+@pytest.mark.slow  # long in-process training
 def test_semicml_resumes_into_prel_with_the_snapshots_of_the_earlier_run(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     configs = ("train.yaml", "semicml.yaml")
@@ -516,6 +519,7 @@ def _random_states_in_process_group(rank: int, world_size: int, folder: str) -> 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # long in-process training
 def test_random_states_of_every_process_in_distributed_training(tmp_path):
     # spawned, not forked: a child forked after torch's thread pools started can deadlock on their locks
     torch.multiprocessing.start_processes(_random_states_in_process_group, args=(2, str(tmp_path)), nprocs=2,
