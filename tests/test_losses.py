@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from method_references import area_similarity, reference_asc, reference_csc
 from scripts.losses import (
     AnatomicalConsistencyLoss,
     AreaSimilarityContrastiveLoss,
@@ -20,59 +21,6 @@ from scripts.losses import (
 # --------------------------------------------------------------------------------------------------------------------
 # reference implementations: plain Python loops over anchors, written straight from the formulas
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _unit(v):
-    return v / math.sqrt(float((v * v).sum()))
-
-
-def reference_csc(features, temperature):
-    """NT-Xent over channels: loop over batch elements, modality pairs and the 2C anchors."""
-    n_batch, n_chan = features[0].shape[:2]
-    per_sample = []
-    for b in range(n_batch):
-        pair_values = []
-        for ma, mb in combinations(range(len(features)), 2):
-            vectors = [_unit(features[ma][b, c].flatten().double()) for c in range(n_chan)]
-            vectors += [_unit(features[mb][b, c].flatten().double()) for c in range(n_chan)]
-            anchor_losses = []
-            for i in range(2 * n_chan):
-                pos = i + n_chan if i < n_chan else i - n_chan
-                numerator = math.exp(float(vectors[i] @ vectors[pos]) / temperature)
-                denominator = sum(
-                    math.exp(float(vectors[i] @ vectors[k]) / temperature) for k in range(2 * n_chan) if k != i
-                )
-                anchor_losses.append(-math.log(numerator / denominator))
-            pair_values.append(sum(anchor_losses) / len(anchor_losses))
-        per_sample.append(sum(pair_values) / len(pair_values))
-    return sum(per_sample) / len(per_sample)
-
-
-def area_similarity(p, q, smooth=1e-5):
-    return 2.0 * float((p * q).sum()) / (float(p.sum()) + float(q.sum()) + smooth)
-
-
-def reference_asc(probabilities, temperature=1.0, include_background=False, smooth=1e-5):
-    """Loop over anchors (case i, modality a) and positives (case i, modality b != a)."""
-    n_mod = len(probabilities)
-    n_batch = probabilities[0].shape[0]
-    start = 0 if include_background else 1
-    pred = {(i, m): probabilities[m][i, start:].double() for i in range(n_batch) for m in range(n_mod)}
-    terms = []
-    for i in range(n_batch):
-        for a in range(n_mod):
-            negatives = [
-                math.exp(area_similarity(pred[i, a], pred[j, m], smooth) / temperature)
-                for j in range(n_batch)
-                if j != i
-                for m in range(n_mod)
-            ]
-            for b in range(n_mod):
-                if b == a:
-                    continue
-                pos = math.exp(area_similarity(pred[i, a], pred[i, b], smooth) / temperature)
-                terms.append(-math.log(pos / (pos + sum(negatives))))
-    return sum(terms) / len(terms)
 
 
 # --------------------------------------------------------------------------------------------------------------------
