@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from method_references import area_similarity, reference_asc, reference_csc
+from method_references import reference_asc, reference_csc
 from scripts.losses import (
     AnatomicalConsistencyLoss,
     AreaSimilarityContrastiveLoss,
