@@ -5,7 +5,10 @@ from collections.abc import Sequence
 from itertools import combinations
 
 import torch
+from monai.losses import DiceLoss
 from torch import nn
+
+from .modality_inputs import check_modality_inputs
 
 __all__ = ["AnatomicalConsistencyLoss"]
 
@@ -52,6 +55,13 @@ class AnatomicalConsistencyLoss(nn.Module):
         self.include_background = include_background
         self.softmax = softmax
         self.smooth = float(smooth)
+        self.dice = DiceLoss(
+            include_background=include_background,
+            squared_pred=True,
+            smooth_nr=self.smooth,
+            smooth_dr=self.smooth,
+            reduction="none",
+        )
 
     def forward(self, predictions: Sequence[torch.Tensor]) -> torch.Tensor:
         """
@@ -66,14 +76,7 @@ class AnatomicalConsistencyLoss(nn.Module):
             ValueError: when fewer than two predictions are given, or their shapes differ or are not
                 ``(B, K, ...)``.
         """
-        if len(predictions) < 2:
-            raise ValueError(f"at least two modality predictions are required, got {len(predictions)}.")
-        shape = predictions[0].shape
-        if len(shape) < 3:
-            raise ValueError(f"predictions must have shape (B, K, *spatial), got {tuple(shape)}.")
-        for p in predictions[1:]:
-            if p.shape != shape:
-                raise ValueError(f"all predictions must have the same shape, got {tuple(shape)} and {tuple(p.shape)}.")
+        shape = check_modality_inputs(predictions, "predictions", "(B, K, *spatial)")
 
         n_classes = shape[1]
         probs = list(predictions)
@@ -82,17 +85,7 @@ class AnatomicalConsistencyLoss(nn.Module):
                 warnings.warn("single channel prediction, `softmax=True` ignored.", stacklevel=2)
             else:
                 probs = [torch.softmax(p, dim=1) for p in probs]
-        if not self.include_background:
-            if n_classes == 1:
-                warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=2)
-            else:
-                probs = [p[:, 1:] for p in probs]
-
-        reduce_dims = tuple(range(2, len(shape)))
-        losses = []
-        for a, b in combinations(range(len(probs)), 2):
-            intersection = torch.sum(probs[a] * probs[b], dim=reduce_dims)
-            denominator = torch.sum(probs[a] ** 2, dim=reduce_dims) + torch.sum(probs[b] ** 2, dim=reduce_dims)
-            dice = (2.0 * intersection + self.smooth) / (denominator + self.smooth)  # (B, K)
-            losses.append(1.0 - dice)
+        # 1 - soft Dice with the squared denominator, per case and class: MONAI's DiceLoss with the second
+        # map as a soft target (it keeps the target's gradient); the softmax is applied here, to both maps
+        losses = [self.dice(probs[a], probs[b]).flatten(1) for a, b in combinations(range(len(probs)), 2)]
         return torch.stack(losses).mean()

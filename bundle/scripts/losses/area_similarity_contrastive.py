@@ -5,6 +5,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .modality_inputs import check_modality_inputs
+
 __all__ = ["AreaSimilarityContrastiveLoss"]
 
 
@@ -78,14 +80,7 @@ class AreaSimilarityContrastiveLoss(nn.Module):
             ValueError: when fewer than two inputs are given, or their shapes differ or are not ``(B, K, ...)``.
         """
         n_mod = len(probabilities)
-        if n_mod < 2:
-            raise ValueError(f"at least two modality predictions are required, got {n_mod}.")
-        shape = probabilities[0].shape
-        if len(shape) < 3:
-            raise ValueError(f"probabilities must have shape (B, K, *spatial), got {tuple(shape)}.")
-        for p in probabilities[1:]:
-            if p.shape != shape:
-                raise ValueError(f"all inputs must have the same shape, got {tuple(shape)} and {tuple(p.shape)}.")
+        shape = check_modality_inputs(probabilities, "probabilities", "(B, K, *spatial)")
 
         batch, device = shape[0], probabilities[0].device
         dtype = torch.promote_types(probabilities[0].dtype, torch.float32)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modality_inputs import check_modality_inputs
+
 __all__ = ["ChannelSemanticConsistencyLoss"]
 
 
@@ -70,14 +72,7 @@ class ChannelSemanticConsistencyLoss(nn.Module):
         Raises:
             ValueError: when fewer than two features are given, or their shapes differ or are not ``(B, C, ...)``.
         """
-        if len(features) < 2:
-            raise ValueError(f"at least two modality features are required, got {len(features)}.")
-        shape = features[0].shape
-        if len(shape) < 3:
-            raise ValueError(f"features must have shape (B, C, *spatial), got {tuple(shape)}.")
-        for f in features[1:]:
-            if f.shape != shape:
-                raise ValueError(f"all features must have the same shape, got {tuple(shape)} and {tuple(f.shape)}.")
+        shape = check_modality_inputs(features, "features", "(B, C, *spatial)")
 
         batch, channels = shape[0], shape[1]
         # (B, C, N) unit vectors, one per channel; computed in at least float32 for a stable softmax

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from monai.losses import MaskedDiceLoss
 from torch import nn
 
 __all__ = ["confident_pseudo_labels", "ConfidenceMaskedPseudoLabelLoss"]
@@ -57,6 +58,17 @@ class ConfidenceMaskedPseudoLabelLoss(nn.Module):
         if smooth < 0:
             raise ValueError(f"smooth must be >= 0, got {smooth}.")
         self.ce_weight, self.dice_weight, self.smooth = float(ce_weight), float(dice_weight), float(smooth)
+        # the Dice over the confident voxels: MONAI's MaskedDiceLoss (softmax before the mask; binary masks,
+        # so masking both maps counts each confident voxel once), summed over the batch per class. The target
+        # is made one-hot before the mask: a masked label map would turn the masked voxels into background
+        self.dice = MaskedDiceLoss(
+            include_background=True,
+            to_onehot_y=False,
+            softmax=True,
+            batch=True,
+            smooth_nr=self.smooth,
+            smooth_dr=self.smooth,
+        )
 
     def forward(self, logits: torch.Tensor, pseudo_label: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if pseudo_label.shape[1] != 1 or mask.shape != pseudo_label.shape or logits.shape[2:] != pseudo_label.shape[2:]:
@@ -67,12 +79,8 @@ class ConfidenceMaskedPseudoLabelLoss(nn.Module):
         logits = logits.float()
         target = pseudo_label[:, 0].long()
         weight = mask[:, 0].float()
+        # (by hand: a CE over all voxels with the unconfident ones zeroed, which MONAI's losses do not offer)
         ce = (F.cross_entropy(logits, target, reduction="none") * weight).sum() / weight.numel()
-        probs = torch.softmax(logits, dim=1)
-        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).float()
-        w = weight.unsqueeze(1)
-        dims = [0, *range(2, logits.ndim)]
-        intersection = (w * probs * onehot).sum(dims)
-        denominator = (w * probs).sum(dims) + (w * onehot).sum(dims)
-        dice = 1 - ((2 * intersection + self.smooth) / (denominator + self.smooth)).mean()
+        onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+        dice = self.dice(logits, onehot, mask)
         return self.ce_weight * ce + self.dice_weight * dice

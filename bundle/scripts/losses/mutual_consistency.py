@@ -7,6 +7,8 @@ from itertools import combinations
 import torch
 from torch import nn
 
+from .modality_inputs import check_modality_inputs
+
 __all__ = ["MutualConsistencyLoss"]
 
 
@@ -44,12 +46,7 @@ class MutualConsistencyLoss(nn.Module):
             ValueError: when fewer than two maps are given or their shapes differ.
         """
         n_mod = len(probabilities)
-        if n_mod < 2:
-            raise ValueError(f"at least two modality predictions are required, got {n_mod}.")
-        shape = probabilities[0].shape
-        for p in probabilities[1:]:
-            if p.shape != shape:
-                raise ValueError(f"all inputs must have the same shape, got {tuple(shape)} and {tuple(p.shape)}.")
+        check_modality_inputs(probabilities, "probabilities", "(B, K, *spatial)")
         pairs = list(combinations(range(n_mod), 2))
         total = probabilities[0].new_zeros(())
         for a, b in pairs:
