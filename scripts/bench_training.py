@@ -73,8 +73,8 @@ def build_training(
     if synthetic is not None:
         overrides["synthetic"] = dict(synthetic)
     if loader is not None:
-        overrides["train#dataloader#_target_"] = loader
-        overrides["train#unlabeled_dataloader#_target_"] = loader
+        overrides["train#dataloader#loader"] = loader
+        overrides["train#unlabeled_dataloader#loader"] = loader
     for key, value in overrides.items():
         parser[key] = value
     parser.parse(True)

@@ -132,3 +132,20 @@ def test_no_unlabeled_batch_is_loaded_before_the_method_needs_one():
     trainer.run()
     assert [u for _, u in method.seen] == [None, None, 2, 2]  # epoch 1: none; epoch 2: unlabeled batches
     assert len(drawn) == 4  # two batches of two, all in epoch 2
+
+
+def test_training_loader_rules():
+    """scripts.data.loaders.training_loader: no loader without cases, the last incomplete batch dropped only
+    when there is a full one, persistent workers only with workers, loader classes by name."""
+    from monai.data import ThreadDataLoader
+
+    from scripts.data.loaders import training_loader
+
+    assert training_loader(None, 2) is None and training_loader([], 2) is None
+    three = training_loader([1, 2, 3], 2)
+    assert three.drop_last and len(three) == 1 and not three.persistent_workers
+    one = training_loader([1], 2)
+    assert not one.drop_last and len(one) == 1  # a tiny labeled set still trains
+    assert isinstance(training_loader([1, 2], 2, loader="ThreadDataLoader"), ThreadDataLoader)
+    with pytest.raises(ValueError, match="no_such_loader"):
+        training_loader([1], 1, loader="no_such_loader")

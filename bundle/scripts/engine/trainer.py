@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..errors import BundleError, as_bool
 from .method import SemiSupervisedMethod
 
-__all__ = ["SemiSupervisedTrainer", "NonFiniteLossError", "loss_terms"]
+__all__ = ["SemiSupervisedTrainer", "NonFiniteLossError", "EveryNIterations", "loss_terms"]
 
 
 def _plain_tensor(x: Any) -> Any:
@@ -37,6 +37,18 @@ def loss_terms(output: Any) -> dict[str, float]:
     if isinstance(output, list):  # decollated output: the terms are repeated in every item
         output = output[0]
     return {k: float(v) for k, v in output.items() if k == Keys.LOSS or k.startswith(("loss_", "weight_", "stat_"))}
+
+
+class EveryNIterations:
+    """``StatsHandler``'s ``iteration_log`` filter: log every ``n``-th iteration (``n >= 1``)."""
+
+    def __init__(self, n: int) -> None:
+        if int(n) < 1:
+            raise ValueError(f"log every n >= 1 iterations, got {n}.")
+        self.n = int(n)
+
+    def __call__(self, engine: Any, iteration: int) -> bool:
+        return iteration % self.n == 0
 
 
 class SemiSupervisedTrainer(SupervisedTrainer):
