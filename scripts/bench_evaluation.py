@@ -38,7 +38,7 @@ from benchmarking.machine import describe_machine, format_machine
 from bundle_path import BUNDLE, CONFIGS, use_bundle_scripts
 
 use_bundle_scripts()
-from scripts.engine.segmentation_metrics import segmentation_metrics, voxel_spacing  # noqa: E402
+from scripts.evaluation.segmentation_metrics import segmentation_metrics, voxel_spacing  # noqa: E402
 
 
 class TwoPassHeads(torch.nn.Module):

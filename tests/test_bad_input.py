@@ -275,7 +275,7 @@ def test_second_run_into_the_same_output_dir_is_refused(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", (
             "import sys, time; sys.path.insert(0, sys.argv[1]);"
-            "from scripts.engine.output_folders import check_output_folders;"
+            "from scripts.run_management.output_folders import check_output_folders;"
             "check_output_folders({'output_dir': sys.argv[2]}, lock='output_dir'); print('locked', flush=True);"
             "time.sleep(120)"
         ), str(BUNDLE), str(out)],

@@ -118,7 +118,7 @@ def test_evaluation_benchmark_compares_like_with_like():
     # and its metric reference measures what the bundle's handlers measure, in mm, on MetaTensors
     from monai.data import MetaTensor
 
-    from scripts.engine.segmentation_metrics import segmentation_metrics
+    from scripts.evaluation.segmentation_metrics import segmentation_metrics
 
     pred, label = torch.zeros(1, 2, 12, 10), torch.zeros(1, 2, 12, 10)
     pred[0, 1, 2:7, 3:8], label[0, 1, 3:9, 2:8] = 1, 1

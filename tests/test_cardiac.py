@@ -17,7 +17,7 @@ from monai.utils import set_determinism
 
 from bundle_runner import CONFIGS, REPO_ROOT, config_files, run_bundle
 from scripts.data.slice_axis import SliceAxisLastd, through_plane_axis
-from scripts.engine.segmentation_metrics import PhysicalHausdorffDistanceMetric, PhysicalSurfaceDistanceMetric
+from scripts.evaluation.segmentation_metrics import PhysicalHausdorffDistanceMetric, PhysicalSurfaceDistanceMetric
 
 SHARED_MYOPS = REPO_ROOT.parent / "shared" / "data" / "myops"
 

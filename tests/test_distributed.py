@@ -136,7 +136,7 @@ def test_output_handlers_stay_on_rank_zero(tmp_path):
     from ignite.handlers import ProgressBar
     from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler, TensorBoardStatsHandler
 
-    from scripts.engine.metrics_writer import ValidationMetricsWriter
+    from scripts.run_management.metrics_writer import ValidationMetricsWriter
 
     scheduler = LrScheduleHandler(torch.optim.lr_scheduler.StepLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))]), 1))
     board = TensorBoardStatsHandler(log_dir=str(tmp_path / "tb"))

@@ -403,7 +403,7 @@ def test_ensure_modality_channels_layouts(tmp_path):
 
 
 def test_modality_heads_wrapper_and_split():
-    from scripts.engine.head_outputs import SplitHeadsd, head_keys
+    from scripts.evaluation.head_outputs import SplitHeadsd, head_keys
     from scripts.networks.cmc_net import CMCNet
     from scripts.networks.modality_heads import ModalityHeadsWrapper
 
@@ -451,7 +451,7 @@ def test_overlays_are_titled_by_what_they_show(tmp_path, monkeypatch, heads):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from scripts.engine.evaluation_report import EvaluationReport
+    from scripts.evaluation.evaluation_report import EvaluationReport
 
     figures = []
     close = plt.close
@@ -541,7 +541,7 @@ def test_boundary_distances_equal_monai_hausdorff_and_surface_distance(percentil
     from monai.data import MetaTensor
     from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
-    from scripts.engine.segmentation_metrics import BoundaryDistances
+    from scripts.evaluation.segmentation_metrics import BoundaryDistances
 
     spacing = [2.0, 0.7]
     for seed in range(3):
@@ -572,7 +572,7 @@ def test_boundary_distances_equal_monai_hausdorff_and_surface_distance(percentil
 def test_boundary_distances_are_computed_once_for_both_metrics(monkeypatch):
     from monai.data import MetaTensor
 
-    import scripts.engine.segmentation_metrics as sm
+    import scripts.evaluation.segmentation_metrics as sm
 
     calls = []
     real = sm.get_edge_surface_distance

@@ -23,7 +23,7 @@ def test_bundle_scripts_wins_from_repository_root():
 
 
 # the bundle's layers, in the order the data flows; a module may import its own layer and those before it
-LAYERS = ["errors", "data", "networks", "losses", "engine", "methods", "distributed"]
+LAYERS = ["errors", "data", "networks", "losses", "run_management", "evaluation", "engine", "methods", "distributed"]
 
 
 def _imported_layers(path, package_parts):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from scripts.engine.head_outputs import evaluated_heads
+from scripts.evaluation.head_outputs import evaluated_heads
 from scripts.engine.method import SemiSupervisedMethod
 from scripts.losses.multi_head import MultiHeadSupervisedLoss
 from scripts.methods.supervised import SupervisedMethod

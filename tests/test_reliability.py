@@ -23,10 +23,10 @@ from torch import nn
 
 from bundle_runner import BUNDLE, CONFIGS, REPO_ROOT, TINY_SYNTHETIC, run_bundle, tiny_train_args
 from scripts.engine import loss_terms
-from scripts.engine.atomic_checkpoint import PARTIAL_SUFFIX, AtomicCheckpointSaver, atomic_save
-from scripts.engine.checkpoint_loading import CheckpointError
-from scripts.engine.output_folders import OutputFolderError, check_output_folders
-from scripts.engine.resume import RandomStates, ResumeTraining, find_training_states, parse_resume_flag
+from scripts.run_management.atomic_checkpoint import PARTIAL_SUFFIX, AtomicCheckpointSaver, atomic_save
+from scripts.run_management.checkpoint_loading import CheckpointError
+from scripts.run_management.output_folders import OutputFolderError, check_output_folders
+from scripts.run_management.resume import RandomStates, ResumeTraining, find_training_states, parse_resume_flag
 
 
 @pytest.fixture(autouse=True)
@@ -205,7 +205,7 @@ def test_resume_refuses_a_checkpoint_beyond_max_epochs_or_unreadable(tmp_path):
 def test_resume_falls_back_to_the_previous_intact_checkpoint(tmp_path, caplog):
     """Issue 24: the newest training_state cut short (full disk, interrupted copy): the run resumes from
     the previous intact one and says so; with no intact one it stops naming every file, not in a zip traceback."""
-    caplog.set_level(logging.WARNING, logger="scripts.engine.resume")
+    caplog.set_level(logging.WARNING, logger="scripts.run_management.resume")
     for epoch in (1, 2):  # two checkpoints, as n_saved > 1 or a copied run folder leaves them
         engine, net, saver = _engine_and_saver(tmp_path / f"e{epoch}", max_epochs=5)
         engine.state.epoch, engine.state.iteration = epoch, 2 * epoch
@@ -382,7 +382,7 @@ def test_same_seed_and_config_give_identical_losses(tmp_path):
 
 @pytest.mark.slow  # long in-process training
 def test_finished_run_is_not_retrained_and_resume_false_starts_over(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="scripts.engine.resume")
+    caplog.set_level(logging.INFO, logger="scripts.run_management.resume")
     data = tmp_path / "data"
     trainer, losses = _train_in_process(tmp_path, data)
     assert trainer.state.iteration == 2 and len(losses) == 2

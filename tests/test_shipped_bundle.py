@@ -1,7 +1,7 @@
 """The bundle as shipped: installed read-only, and exported with the commands the README gives.
 
 - A Model Zoo download in a shared location is read-only: training on the embedded default and
-  inference must write their data and outputs to the user's cache (scripts.engine.work_root), and the
+  inference must write their data and outputs to the user's cache (scripts.run_management.work_root), and the
   bundle folder must stay exactly as it was. The test makes the copy read-only with `chmod -R a-w`
   and compares every file before and after (as root, the write bits are the only thing that says
   read-only: root may write anyway, so an unchanged tree is the check).
@@ -74,7 +74,7 @@ def test_read_only_bundle_trains_and_infers_into_the_cache(tmp_path, read_only_b
 
 
 def test_work_root_is_the_bundle_folder_when_writable(tmp_path):
-    from scripts.engine.work_root import writable_root
+    from scripts.run_management.work_root import writable_root
 
     folder = tmp_path / "b"
     folder.mkdir()

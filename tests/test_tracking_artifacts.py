@@ -11,7 +11,7 @@ from bundle_runner import run_bundle, tiny_train_args
 
 
 def test_repair_artifact_path(tmp_path):
-    from scripts.engine.tracking_artifacts import repair_artifact_path
+    from scripts.run_management.tracking_artifacts import repair_artifact_path
 
     assert repair_artifact_path(f"{tmp_path} + '/config_1.json'") == str(tmp_path / "config_1.json")
     assert repair_artifact_path(str(tmp_path)) == str(tmp_path)  # an existing path stays

@@ -16,7 +16,7 @@ from benchmarking.report import failure_text
 from bundle_path import REPO_ROOT, use_bundle_scripts
 
 use_bundle_scripts()
-from scripts.engine.atomic_checkpoint import atomic_write_bytes  # noqa: E402
+from scripts.run_management.atomic_checkpoint import atomic_write_bytes  # noqa: E402
 
 
 class RunFailed(RuntimeError):

@@ -24,7 +24,7 @@ from bundle_path import use_bundle_scripts
 
 use_bundle_scripts()
 from scripts.data.datalist import select_labeled  # noqa: E402
-from scripts.engine.atomic_checkpoint import atomic_write_bytes  # noqa: E402
+from scripts.run_management.atomic_checkpoint import atomic_write_bytes  # noqa: E402
 from scripts.errors import FlagError, as_bool  # noqa: E402
 
 __all__ = [

@@ -20,8 +20,8 @@ from monai.handlers import (
     TensorBoardHandler,
 )
 
-from ..engine.metrics_writer import ValidationMetricsWriter
-from ..engine.tracking import NamePerClassMetrics
+from ..run_management.metrics_writer import ValidationMetricsWriter
+from ..run_management.tracking import NamePerClassMetrics
 
 __all__ = ["OUTPUT_HANDLER_TYPES", "handlers_for_rank"]
 

@@ -1,6 +1,6 @@
-from .atomic_checkpoint import AtomicCheckpointSaver, atomic_save
-from .metrics_writer import ValidationMetricsWriter
+"""The training loop and the method contract: the semi-supervised trainer, the method interface, the
+per-modality validation hook, the case-tolerant loading wrapper, and the broadcast of module state
+that methods use under torchrun."""
+
 from .modality_validation import ModalityValidationHandler
-from .output_folders import OutputFolderError, check_output_folders
-from .resume import EvaluatorBestMetric, RandomStates, ResumeTraining
 from .trainer import NonFiniteLossError, SemiSupervisedTrainer, loss_terms

@@ -23,7 +23,7 @@ class ModalityHeadsWrapper(nn.Module):
         output[:, C*(m+1):C*(m+2)]  heads[m]                                        (head of modality m)
 
     A single tensor goes through any MONAI inferer (e.g. ``SlidingWindowInferer`` stitches all the
-    heads at once); split it back with :class:`scripts.engine.head_outputs.SplitHeadsd`.
+    heads at once); split it back with :class:`scripts.evaluation.head_outputs.SplitHeadsd`.
 
     The network's prediction is computed from the heads by the network's own ``average_heads``
     (the mean of the heads for ``CMCNet``; the mean over ``available_modalities`` for

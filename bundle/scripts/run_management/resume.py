@@ -309,7 +309,7 @@ class ResumeTraining:
     counters, :class:`RandomStates`, ..., and training continues with the next epoch. The trainer's
     ``max_epochs`` stays the configured one, so raising ``--epochs`` extends a run (its learning-rate
     schedule continues as saved). The files it resumed from are deleted once the run has written its
-    next checkpoint (with :class:`~scripts.engine.atomic_checkpoint.AtomicCheckpointSaver`), so
+    next checkpoint (with :class:`~scripts.run_management.atomic_checkpoint.AtomicCheckpointSaver`), so
     ``n_saved`` holds across restarts.
 
     - No checkpoint: training starts from scratch (logged).
@@ -320,7 +320,7 @@ class ResumeTraining:
     - The newest checkpoint cannot be read (truncated or corrupt: a full disk, an interrupted copy,
       a storage fault): the run resumes from the newest older one that can, with a warning naming
       the unreadable file (which this run's next checkpoint replaces); when none can,
-      :class:`~scripts.engine.checkpoint_loading.CheckpointError` naming every file and what to do.
+      :class:`~scripts.run_management.checkpoint_loading.CheckpointError` naming every file and what to do.
     - A :class:`RunSettings` of ``save_dict`` differs from the checkpoint's: :class:`ResumeConflictError`
       naming every changed setting, before anything is restored.
     - ``resume`` off: training starts from scratch and existing checkpoints of the saver are

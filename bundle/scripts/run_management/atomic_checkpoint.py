@@ -172,7 +172,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     Example (bundle config)::
 
-        _target_: scripts.engine.atomic_checkpoint.AtomicCheckpointSaver
+        _target_: scripts.run_management.atomic_checkpoint.AtomicCheckpointSaver
         save_dir: "@ckpt_dir"
         save_dict: {model: "@network"}
         save_key_metric: true

@@ -6,7 +6,7 @@ deep inside its zip or pickle reader (``PytorchStreamReader failed reading zip a
 finding central directory``), which names neither the file nor a remedy. :func:`read_checkpoint`
 turns every such failure into a :class:`CheckpointError` naming the file; :class:`CheckedCheckpointLoader`
 is MONAI's ``CheckpointLoader`` (``evaluate.yaml``, ``inference.yaml``) with the same errors, and
-``scripts.engine.resume.ResumeTraining`` reads training states with it.
+``scripts.run_management.resume.ResumeTraining`` reads training states with it.
 """
 
 from __future__ import annotations
