@@ -149,7 +149,7 @@ def evaluate(
     from monai.bundle import ConfigParser
 
     from scripts.data.misalignment import ModalityMisalignd
-    from scripts.data.strong_views import DropSequencesd
+    from scripts.data.modality_subset import DropSequencesd
 
     parser = ConfigParser()
     parser.read_config(method["configs"])

@@ -1,4 +1,4 @@
-"""Tests of the embedded synthetic dataset generator (scripts.data.synthetic, synthetic_anatomy, synthetic_rendering)."""
+"""Tests of the embedded synthetic dataset generator (scripts.data.synthetic: dataset, anatomy, rendering)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from scripts.data import synthetic
+from scripts.data.synthetic import dataset as synthetic
 from scripts.data.misalignment import rotation_matrix
 from scripts.data.synthetic import SYNTHETIC_LABELS, generate_synthetic_dataset
 

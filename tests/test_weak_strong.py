@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from bundle_runner import run_bundle, tiny_train_args
-from scripts.data.strong_views import (
+from scripts.data.modality_subset import DropSequencesd
+from scripts.methods.strong_views import (
     BatchModalityMisalignment,
     BoxCutMix,
-    DropSequencesd,
     SequenceDropout,
     SequenceIntensityPerturbation,
     StrongView,

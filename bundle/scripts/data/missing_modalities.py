@@ -28,7 +28,7 @@ def modality_presence(image: torch.Tensor) -> torch.Tensor:
     """``(B, M)`` boolean mask: True where channel ``m`` of case ``b`` is not constant over its
     spatial axes: the bundle's rule for a missing sequence (a zero-filled file, a dropped or zeroed
     channel), which needs no side channel; ``scripts.networks.modality_presence`` says how the
-    networks use it, and the strong views (``scripts.data.strong_views``) perturb only present channels.
+    networks use it, and the strong views (``scripts.methods.strong_views``) perturb only present channels.
 
     Args:
         image: ``(B, M, *spatial)``.

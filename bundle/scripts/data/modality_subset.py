@@ -3,7 +3,7 @@
 Evaluation with a subset of the sequences: the others are made missing.
 
 The bundle's convention for a missing sequence is a channel of zeros after intensity normalisation
-(zero is the mean after z-scoring; :class:`scripts.data.strong_views.SequenceDropout` trains with it).
+(zero is the mean after z-scoring; :class:`scripts.methods.strong_views.SequenceDropout` trains with it).
 :class:`KeepModalitiesd` applies it by name: ``evaluate.yaml``'s ``eval_modalities`` puts it after the
 preparation steps of the evaluation pipeline, and ``scripts/subset_benchmark.py`` evaluates trained
 models on every non-empty subset of the sequences with it.
@@ -18,9 +18,34 @@ from typing import Any
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .strong_views import DropSequencesd
+__all__ = ["DropSequencesd", "KeepModalitiesd", "kept_modalities", "modality_subsets"]
 
-__all__ = ["KeepModalitiesd", "kept_modalities", "modality_subsets"]
+
+class DropSequencesd(MapTransform):
+    """
+    Zeroes fixed sequences (channels) of a channel-first image ``(M, *spatial)``: a missing sequence,
+    for robustness evaluation (``scripts/misalignment_benchmark.py --drop_sequences``).
+
+    Args:
+        keys: image keys.
+        channels: indices of the sequences set to zero.
+    """
+
+    def __init__(self, keys: KeysCollection, channels: Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channels = [int(c) for c in channels]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            bad = [c for c in self.channels if not 0 <= c < img.shape[0]]
+            if bad:
+                raise ValueError(f"{key}: no sequence {bad}; the image has {img.shape[0]}.")
+            img = img.clone()
+            img[self.channels] = 0
+            d[key] = img
+        return d
 
 
 def _names(value: Any, what: str) -> list[str]:

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from ..data.missing_modalities import modality_presence
-from ..data.strong_views import StrongView
 from ..engine.method import StepOutput
 from .cmc import CMCMethod
+from .strong_views import StrongView
 
 __all__ = ["CMCStrongViewMethod"]
 

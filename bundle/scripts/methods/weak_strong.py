@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..data.strong_views import StrongView
 from ..engine.method import SemiSupervisedMethod, StepOutput
 from ..losses.confidence_masked import confident_pseudo_labels
 from ..networks.wrapped_network import unwrap_network
+from .strong_views import StrongView
 from .teacher import ema_teacher, update_teacher
 
 __all__ = ["WeakStrongConsistencyMethod"]
@@ -38,7 +38,7 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
       more with channel dropout on the output of the submodule ``feature_module`` (for ``CMCNet``:
       ``"fusion"``, the fused bottleneck) and must also reproduce the pseudo-label.
 
-    The strong-view machinery (:class:`scripts.data.strong_views.StrongView`) is multimodal: the
+    The strong-view machinery (:class:`scripts.methods.strong_views.StrongView`) is multimodal: the
     sequences are perturbed independently, some are zeroed (sequence dropout) and some are moved
     (misalignment), so the model also learns to segment with a sequence missing or shifted. It works
     with ``CMCNet``, ``DecoupledMultiModalNet`` and any single network that takes the sequences as

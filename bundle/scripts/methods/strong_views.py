@@ -35,27 +35,17 @@ additions of this bundle.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
 from torch import nn
 
-from .misalignment import RandModalityMisalignd
-from .missing_modalities import modality_presence
+from ..data.misalignment import RandModalityMisalignd
+from ..data.missing_modalities import modality_presence
 
-__all__ = [
-    "SequenceIntensityPerturbation",
-    "SequenceDropout",
-    "DropSequencesd",
-    "BatchModalityMisalignment",
-    "BoxCutMix",
-    "StrongView",
-]
+__all__ = ["SequenceIntensityPerturbation", "SequenceDropout", "BatchModalityMisalignment", "BoxCutMix", "StrongView"]
 
 
 def _uniform(shape: Sequence[int], low: float, high: float, like: torch.Tensor) -> torch.Tensor:
@@ -181,33 +171,6 @@ class SequenceDropout(nn.Module):
     def forward(self, image: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
         present = modality_presence(image) if present is None else present
         return self.apply(image, self.sample(image.shape[0], image.shape[1], image.device, present))
-
-
-class DropSequencesd(MapTransform):
-    """
-    Zeroes fixed sequences (channels) of a channel-first image ``(M, *spatial)``: a missing sequence,
-    for robustness evaluation (``scripts/misalignment_benchmark.py --drop_sequences``).
-
-    Args:
-        keys: image keys.
-        channels: indices of the sequences set to zero.
-    """
-
-    def __init__(self, keys: KeysCollection, channels: Sequence[int], allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.channels = [int(c) for c in channels]
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            bad = [c for c in self.channels if not 0 <= c < img.shape[0]]
-            if bad:
-                raise ValueError(f"{key}: no sequence {bad}; the image has {img.shape[0]}.")
-            img = img.clone()
-            img[self.channels] = 0
-            d[key] = img
-        return d
 
 
 class BatchModalityMisalignment(nn.Module):

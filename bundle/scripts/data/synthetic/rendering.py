@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .misalignment import rotation_matrix
+from ..misalignment import rotation_matrix
 
 __all__ = ["MAX_MISALIGNMENT_DEG", "bias_field", "misaligned_points", "render_image"]
 

@@ -4,8 +4,8 @@ Embedded default dataset: small synthetic multimodal "anatomy" volumes written a
 The bundle runs out of the box on this dataset, so the whole pipeline (loading, semi-supervised
 training, multimodal fusion, evaluation) can be exercised without downloading real data. This
 module holds the public entry point (:func:`generate_synthetic_dataset`), the contrast table and
-the writing of the files; the shapes are drawn by :mod:`.synthetic_anatomy` and painted by
-:mod:`.synthetic_rendering`.
+the writing of the files; the shapes are drawn by :mod:`.anatomy` and painted by
+:mod:`.rendering`.
 
 Labels (``SYNTHETIC_LABELS``)
 
@@ -78,16 +78,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ..errors import InputError, OverwriteRefusedError
-from .synthetic_anatomy import (
-    SYNTHETIC_LABELS,
-    image_affine,
-    image_grid,
-    render_distractors,
-    render_label,
-    sample_anatomy,
-)
-from .synthetic_rendering import misaligned_points, render_image
+from ...errors import InputError, OverwriteRefusedError
+from .anatomy import SYNTHETIC_LABELS, image_affine, image_grid, render_distractors, render_label, sample_anatomy
+from .rendering import misaligned_points, render_image
 
 __all__ = ["SYNTHETIC_LABELS", "SyntheticContrast", "generate_synthetic_dataset", "synthetic_contrast"]
 

@@ -6,7 +6,7 @@ position, size, aspect and orientation: ``outer`` (like an organ or a body wall)
 inside it, like a myocardium) and ``cavity`` (inside the ring, like a ventricle cavity). The cavity
 shares the wall's orientation, so the ring keeps a thickness all around. Two to three "distractor"
 blobs (other organs) lie beside ``outer``; they are background in the label map and are only
-painted by the modalities (see :mod:`.synthetic_rendering`). One smooth random deformation per
+painted by the modalities (see :mod:`.rendering`). One smooth random deformation per
 case (a few low-frequency sine displacement components of up to ``_DEFORMATION_MM`` per 64 voxels
 of image size) bends every structure, so boundaries are irregular rather than conic.
 
