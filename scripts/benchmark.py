@@ -50,14 +50,13 @@ import shlex
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
 from benchmarking.commands import as_list, bundle_run_command, config_stack, is_plan_path
 from benchmarking.machine import describe_machine
 from benchmarking.report import failure_text, fmt, previous_runs, write_report
-from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, fire_main, run_logged, saved_times, say
+from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, fire_main, run_all, run_logged, saved_times, say
 from benchmarking.statistics import case_dice
 from bundle_path import CONFIGS
 
@@ -261,13 +260,7 @@ def run_benchmark(
             results[index] = row
         report()  # after every run: a cut-off benchmark keeps what it measured
 
-    if int(jobs) == 1:
-        for i in range(len(plan)):
-            one(i)
-    else:
-        with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
-            for future in [pool.submit(one, i) for i in range(len(plan))]:
-                future.result()
+    run_all(one, len(plan), jobs)
     report()
     rows = [results[i] for i in sorted(results)]
     if out.is_file():

@@ -34,14 +34,13 @@ import shlex
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
 from benchmarking.commands import as_list, bundle_run_command
 from benchmarking.machine import describe_machine
 from benchmarking.report import failure_text, fmt, previous_runs
-from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, fire_main, run_logged, saved_times, say
+from benchmarking.runs import BenchmarkFailures, RunFailed, Timer, fire_main, run_all, run_logged, saved_times, say
 from benchmarking.statistics import case_dice, mean_std, paired_difference
 from bundle_path import CONFIGS, use_bundle_scripts
 
@@ -332,13 +331,7 @@ def run_subset_benchmark(
                 failures[index] = failure
         write()
 
-    if int(jobs) == 1:
-        for i in range(len(plan)):
-            one(i)
-    else:
-        with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
-            for future in [pool.submit(one, i) for i in range(len(plan))]:
-                future.result()
+    run_all(one, len(plan), jobs)
     write()
     print(out.read_text(), flush=True)
     rows = [results[i] for i in sorted(results)]

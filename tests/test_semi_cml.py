@@ -561,17 +561,7 @@ def test_mutual_stage_total_loss_matches_independently_computed_terms(reduction)
 
 
 def _prel_method(**kwargs):
-    return SemiCMLMethod(
-        supervised_loss=MultiHeadSupervisedLoss(),
-        asc_loss=AreaSimilarityContrastiveLoss(),
-        mutual_loss=MutualConsistencyLoss(),
-        pseudo_label_loss=SoftDiceCELoss(),
-        asc_schedule=ConstantWeight(0.5),
-        mse_schedule=ConstantWeight(0.5),
-        mutual_epochs=1.0,
-        teacher_checkpoints=1,
-        **kwargs,
-    )
+    return make_method(mutual_epochs=1.0, teacher_checkpoints=1, **kwargs)
 
 
 @pytest.mark.parametrize(

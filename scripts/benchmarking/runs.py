@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarking.report import failure_text
@@ -100,6 +102,18 @@ def run_logged(cmd: list[str], what: str, log: Path, timer: Timer) -> float:
         raise RunFailed(f"{what} failed (exit {proc.returncode}); log: {log}\n{shlex.join(cmd)}\n{tail}", log,
                         proc.returncode)
     return seconds
+
+
+def run_all(one: Callable[[int], None], count: int, jobs: int = 1) -> None:
+    """``one(0)``, ..., ``one(count - 1)``: in turn, or ``jobs`` at a time in threads (each run is a
+    subprocess, so threads suffice); an exception of a run is raised once all have been submitted."""
+    if int(jobs) == 1:
+        for i in range(count):
+            one(i)
+        return
+    with ThreadPoolExecutor(max_workers=int(jobs)) as pool:
+        for future in [pool.submit(one, i) for i in range(count)]:
+            future.result()
 
 
 def fire_main(command, argv: list[str]) -> int:

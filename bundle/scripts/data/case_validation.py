@@ -78,53 +78,10 @@ class CaseValidationError(BundleError, ValueError):
         super().__init__("\n".join([header] + [f"  {p}" for p in self.problems]))
 
 
-def validate_cases(
-    datalist: dict[str, list[dict]],
-    num_classes: int | None,
-    coregistered: bool = True,
-    read_voxels: bool = True,
-    modalities: Sequence[str] | None = None,
-    spatial_dims: int | None = None,
-    affine_atol: float = 1e-3,
-) -> list[str]:
-    """
-    Check the files of every case of a normalised datalist; return every problem found.
-
-    Args:
-        datalist: ``{split: [case, ...]}`` as :func:`scripts.data.datalist.load_datalist` returns
-            it: each case has ``case``, ``image`` (a list of one path per modality, or one
-            multi-channel path) and optionally ``label`` (a path, or a list of one path per
-            modality). Other keys are ignored; ``None`` paths are skipped.
-        num_classes: number of classes including background: label values must be in
-            ``[0, num_classes)``; None skips the range check.
-        coregistered: the images of a case must share one voxel grid (shape and affine), and a
-            single ``label`` must be on it. The bundle's pipelines stack the images of a case, so
-            they need this; pass False only for a pipeline that resamples. A per-modality label is
-            always compared with the image of its modality.
-        read_voxels: read the voxel data (NaN/Inf in images, label values, unreadable data). False
-            reads headers only (a few KB per file), for huge datasets.
-        modalities: modality names in channel order: name the images in messages, and give the
-            number of channels a multi-channel ``image`` file must have. Default: the length of
-            the cases' image lists (the channel count of a multi-channel file is then not checked
-            when no case has a list).
-        spatial_dims: 2 or 3: check the layout of every file against it (as
-            ``scripts.data.transforms.EnsureModalityChannelsd`` reads a multi-channel file). None:
-            only the number of channels of a multi-channel file (its last axis) is checked.
-        affine_atol: absolute tolerance (mm) between the affine of a label and that of its image.
-
-    Returns:
-        one message per problem, in split, case and file order (empty when every file is usable).
-        Each message reads ``<split> case '<id>': key '<key>' [(<modality>)]: <problem>: <path>``.
-    """
-    return inspect_cases(
-        datalist,
-        num_classes,
-        coregistered=coregistered,
-        read_voxels=read_voxels,
-        modalities=modalities,
-        spatial_dims=spatial_dims,
-        affine_atol=affine_atol,
-    ).problems
+def validate_cases(datalist: dict[str, list[dict]], num_classes: int | None, **options: Any) -> list[str]:
+    """Every problem :func:`inspect_cases` finds in the files of ``datalist`` (empty when every file is
+    usable); ``options`` as :func:`inspect_cases`."""
+    return inspect_cases(datalist, num_classes, **options).problems
 
 
 @dataclass
@@ -150,12 +107,37 @@ def inspect_cases(
     report_missing: bool = True,
 ) -> CaseReport:
     """
-    :func:`validate_cases` with counts, for reports (``scripts/check_datalist.py``).
+    Check the files of every case of a normalised datalist: every problem found, with counts for reports
+    (``scripts/check_datalist.py``); :func:`validate_cases` returns the problems alone.
 
     Args:
+        datalist: ``{split: [case, ...]}`` as :func:`scripts.data.datalist.load_datalist` returns
+            it: each case has ``case``, ``image`` (a list of one path per modality, or one
+            multi-channel path) and optionally ``label`` (a path, or a list of one path per
+            modality). Other keys are ignored; ``None`` paths are skipped.
+        num_classes: number of classes including background: label values must be in
+            ``[0, num_classes)``; None skips the range check.
+        coregistered: the images of a case must share one voxel grid (shape and affine), and a
+            single ``label`` must be on it. The bundle's pipelines stack the images of a case, so
+            they need this; pass False only for a pipeline that resamples. A per-modality label is
+            always compared with the image of its modality.
+        read_voxels: read the voxel data (NaN/Inf in images, label values, unreadable data). False
+            reads headers only (a few KB per file), for huge datasets.
+        modalities: modality names in channel order: name the images in messages, and give the
+            number of channels a multi-channel ``image`` file must have. Default: the length of
+            the cases' image lists (the channel count of a multi-channel file is then not checked
+            when no case has a list).
+        spatial_dims: 2 or 3: check the layout of every file against it (as
+            ``scripts.data.transforms.EnsureModalityChannelsd`` reads a multi-channel file). None:
+            only the number of channels of a multi-channel file (its last axis) is checked.
+        affine_atol: absolute tolerance (mm) between the affine of a label and that of its image.
         report_missing: report missing files; False skips them silently (for a caller that has
-            already reported them, as ``load_datalist`` does). Other arguments: see
-            :func:`validate_cases`.
+            already reported them, as ``load_datalist`` does).
+
+    Returns:
+        a :class:`CaseReport`; its ``problems`` hold one message per problem, in split, case and file
+        order (empty when every file is usable). Each message reads
+        ``<split> case '<id>': key '<key>' [(<modality>)]: <problem>: <path>``.
     """
     validator = _Validator(
         datalist, num_classes, coregistered, read_voxels, modalities, spatial_dims, affine_atol, report_missing
@@ -165,16 +147,10 @@ def inspect_cases(
 
 
 def check_datalist_cases(
-    datalist: dict[str, list[dict]],
-    num_classes: int | None = None,
-    coregistered: bool = True,
-    read_voxels: bool = True,
-    modalities: Sequence[str] | None = None,
-    spatial_dims: int | None = None,
-    affine_atol: float = 1e-3,
+    datalist: dict[str, list[dict]], num_classes: int | None = None, **options: Any
 ) -> dict[str, list[dict]]:
     """
-    :func:`validate_cases` for the configs: returns ``datalist`` itself (unchanged) when every file
+    :func:`inspect_cases` for the configs (``options`` as there): returns ``datalist`` itself (unchanged) when every file
     is usable, so that it can be chained after ``resolve_datalist``; raises otherwise.
 
     Missing files that ``load_datalist`` deferred (``defer_missing_files``: the datalist's
@@ -184,19 +160,7 @@ def check_datalist_cases(
         CaseValidationError: every problem found, in one message.
     """
     deferred = list(getattr(datalist, "file_problems", None) or [])
-    problems = (
-        deferred
-        + inspect_cases(
-            datalist,
-            num_classes,
-            coregistered=coregistered,
-            read_voxels=read_voxels,
-            modalities=modalities,
-            spatial_dims=spatial_dims,
-            affine_atol=affine_atol,
-            report_missing=not deferred,
-        ).problems
-    )
+    problems = deferred + inspect_cases(datalist, num_classes, report_missing=not deferred, **options).problems
     if problems:
         raise CaseValidationError(problems)
     return datalist

@@ -295,24 +295,15 @@ def resolve_datalist(
         datalist_path = generate_synthetic_dataset(
             synthetic_dir, spatial_dims=spatial_dims, modalities=modalities, **options
         )
-        return load_datalist(
-            datalist_path,
-            modalities=modalities,
-            labeled_fraction=labeled_fraction,
-            split_seed=split_seed,
-            require_validation=require_validation,
-            defer_missing_files=defer_missing_files,
-            require_training=require_training,
-            allow_missing_modalities=allow_missing_modalities,
-            own_grids=own_grids,
-        )
-    if datalist_file:
-        datalist_path = os.path.abspath(os.path.expanduser(os.fspath(datalist_file)))
+        root = None
+    elif datalist_file:
+        datalist_path, root = os.path.abspath(os.path.expanduser(os.fspath(datalist_file))), dataset_dir or None
     else:
+        root = dataset_dir
         datalist_path = os.path.join(os.path.abspath(os.path.expanduser(os.fspath(dataset_dir))), "datalist.json")
     return load_datalist(
         datalist_path,
-        dataset_dir=dataset_dir or None,
+        dataset_dir=root,
         modalities=modalities,
         labeled_fraction=labeled_fraction,
         split_seed=split_seed,

@@ -5,7 +5,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..data.missing_modalities import modality_presence
 from ..engine.method import StepOutput
@@ -34,22 +33,12 @@ class CMCStrongViewMethod(CMCMethod):
     Args:
         strong_view: builds the strong view and moves the weak predictions with it.
         strong_schedule: schedule ``epoch -> weight`` of the cross-view term.
-        supervised_loss, csc_loss, cac_loss, csc_schedule, cac_schedule, semi_start_epoch, ...: as
-            :class:`~scripts.methods.cmc.CMCMethod`.
+        cmc: the arguments of :class:`~scripts.methods.cmc.CMCMethod` (``supervised_loss``, ``csc_loss``,
+            ``cac_loss``, ``csc_schedule``, ``cac_schedule``, ``semi_start_epoch``, ``csc_on``).
     """
 
-    def __init__(
-        self,
-        supervised_loss: nn.Module,
-        csc_loss: nn.Module,
-        cac_loss: nn.Module,
-        csc_schedule: Callable[[float], float],
-        cac_schedule: Callable[[float], float],
-        strong_view: StrongView,
-        strong_schedule: Callable[[float], float],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(supervised_loss, csc_loss, cac_loss, csc_schedule, cac_schedule, **kwargs)
+    def __init__(self, strong_view: StrongView, strong_schedule: Callable[[float], float], **cmc: Any) -> None:
+        super().__init__(**cmc)
         self.strong_view = strong_view
         self.strong_schedule = strong_schedule
 
