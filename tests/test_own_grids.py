@@ -248,3 +248,38 @@ def test_moving_one_files_origin_changes_nothing_in_the_other_output(own_grid_da
     us_b = nib.load(tmp_path / "b" / "p5_us_seg.nii.gz")  # the moved file's output follows its new origin
     np.testing.assert_allclose(us_b.affine, affine, atol=1e-5)
     assert us_b.shape == us.shape
+
+
+def test_training_patches_keep_each_sequences_own_grid(own_grid_data):
+    """Each training sample is one sequence read on its own file's grid (its affine, its voxels), the
+    other channel empty, its label that sequence's own."""
+    from monai.bundle import ConfigParser
+
+    from bundle_runner import BUNDLE
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / c) for c in ("train.yaml", "unpaired.yaml", "unet.yaml", "supervised.yaml")])
+    parser["datalist_file"] = own_grid_data
+    parser["roi_size"] = [16, 16, 16]
+    cases = parser.get_parsed_content("datalist")["training"]
+    reading = parser.get_parsed_content("train#reading")
+    data = Path(own_grid_data).parent
+    from monai.transforms import Compose
+
+    for case in cases:
+        m = MODALITIES.index(case["grid_modality"])
+        item = Compose(reading)(dict(case))
+        source = nib.load(data / f"{case['source_case']}_{case['grid_modality']}.nii.gz")
+        image, label = item["image"], item["label"]
+        assert tuple(image.shape[1:]) == source.shape and tuple(label.shape[1:]) == source.shape
+        np.testing.assert_allclose(np.asarray(image.affine), source.affine, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(image[m]), np.asarray(source.dataobj), atol=1e-5)
+        assert float(image[1 - m].abs().max()) == 0.0  # the other sequence is absent, not resampled here
+        own_label = nib.load(data / f"{case['source_case']}_{case['grid_modality']}_seg.nii.gz")
+        np.testing.assert_array_equal(np.asarray(label[0]), np.asarray(own_label.dataobj))
+        patch = parser.get_parsed_content("train#preprocessing")(dict(case))
+        patch = patch[0] if isinstance(patch, list) else patch
+        assert tuple(patch["image"].shape) == (2, 16, 16, 16) and tuple(patch["label"].shape) == (1, 16, 16, 16)
+        other = patch["image"][1 - m]
+        assert float(other.max() - other.min()) == 0.0  # still absent (constant) after the augmentation
+        assert float(patch["image"][m].std()) > 0
