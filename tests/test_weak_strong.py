@@ -19,7 +19,8 @@ from scripts.methods.strong_views import (
     StrongView,
 )
 from scripts.losses import MultiHeadSupervisedLoss
-from scripts.losses.confidence_masked import ConfidenceMaskedPseudoLabelLoss, confident_pseudo_labels
+from scripts.losses.confidence_masked import ConfidenceMaskedPseudoLabelLoss
+from scripts.methods.pseudo_labels import confident_pseudo_labels
 from scripts.methods.rampup import SigmoidRampUp
 from scripts.methods.weak_strong import WeakStrongConsistencyMethod
 from scripts.networks import CMCNet

@@ -1,5 +1,5 @@
 # Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
-"""Hard pseudo-labels with a confidence threshold, and the masked loss that learns from them."""
+"""The masked loss that learns from confident hard pseudo-labels (``scripts.methods.pseudo_labels`` makes them)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,7 @@ import torch.nn.functional as F
 from monai.losses import MaskedDiceLoss
 from torch import nn
 
-__all__ = ["confident_pseudo_labels", "ConfidenceMaskedPseudoLabelLoss"]
-
-
-def confident_pseudo_labels(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Hard pseudo-labels and their confidence mask (FixMatch, Sohn et al., NeurIPS 2020).
-
-    Args:
-        probs: class probabilities (B, K, *spatial).
-        threshold: a voxel is kept when its largest probability is ``>= threshold``.
-
-    Returns:
-        ``(labels, mask)``, both (B, 1, *spatial) float tensors: the argmax class and 1.0 where the
-        largest probability reaches the threshold, 0.0 elsewhere.
-    """
-    if not 0.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}.")
-    confidence, labels = probs.max(dim=1, keepdim=True)
-    return labels.to(probs.dtype), (confidence >= threshold).to(probs.dtype)
+__all__ = ["ConfidenceMaskedPseudoLabelLoss"]
 
 
 class ConfidenceMaskedPseudoLabelLoss(nn.Module):

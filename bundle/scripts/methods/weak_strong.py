@@ -8,8 +8,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ..engine.method import SemiSupervisedMethod, StepOutput
-from ..losses.confidence_masked import confident_pseudo_labels
 from ..networks.wrapped_network import unwrap_network
+from .pseudo_labels import confident_pseudo_labels
 from .strong_views import StrongView
 from .teacher import ema_teacher, update_teacher
 
