@@ -21,7 +21,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 
-__all__ = ["LoadModalityImagesd", "missing_modalities", "modality_presence"]
+__all__ = ["LoadModalityImagesd", "complete_cases", "missing_modalities", "modality_presence"]
 
 
 def modality_presence(image: torch.Tensor) -> torch.Tensor:
@@ -37,6 +37,17 @@ def modality_presence(image: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"modality_presence expects (B, M, *spatial), got shape {list(image.shape)}.")
     flat = image.flatten(2)
     return flat.amax(dim=2) > flat.amin(dim=2)
+
+
+def complete_cases(per_modality: list[torch.Tensor] | None, complete: torch.Tensor) -> list[torch.Tensor] | None:
+    """The cases (rows) where ``complete`` (B,) is True of each per-modality tensor (the terms that pair
+    the sequences of one case: CMC's CSC and CAC, Semi-CML's ASC and mutual MSE); None when there is none
+    (or no tensors)."""
+    if not per_modality or not bool(complete.any()):
+        return None
+    if bool(complete.all()):
+        return list(per_modality)
+    return [x[complete] for x in per_modality]
 
 
 def missing_modalities(image: Any, modalities: Sequence[str]) -> list[str]:

@@ -6,20 +6,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..data.missing_modalities import modality_presence
+from ..data.missing_modalities import complete_cases, modality_presence
 from ..engine.method import SemiSupervisedMethod, StepOutput
 
-__all__ = ["CMCMethod", "complete_cases"]
-
-
-def complete_cases(per_modality: list[torch.Tensor] | None, complete: torch.Tensor) -> list[torch.Tensor] | None:
-    """The cases (rows) where ``complete`` (B,) is True of each per-modality tensor; None when there is
-    none (or no tensors)."""
-    if not per_modality or not bool(complete.any()):
-        return None
-    if bool(complete.all()):
-        return list(per_modality)
-    return [x[complete] for x in per_modality]
+__all__ = ["CMCMethod"]
 
 
 class CMCMethod(SemiSupervisedMethod):

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.missing_modalities import complete_cases, modality_presence
 from ..engine.method import SemiSupervisedMethod, StepOutput
 from ..engine.module_broadcast import broadcast_module_state, broadcast_object, is_distributed
 from ..losses.multi_head import MultiHeadSupervisedLoss
-from ..networks.modality_presence import modality_presence
 from ..networks.multimodal import MultimodalNetwork, PerModalityNetworks, require_multimodal
 from ..networks.wrapped_network import unwrap_network
 from .teacher import frozen_copy
@@ -425,12 +425,13 @@ class SemiCMLMethod(SemiSupervisedMethod):
             present = modality_presence(unlabeled)
             complete = present.all(dim=1)
             probabilities = [torch.softmax(x, dim=1) for x in unlabeled_logits]
-            paired = probabilities if bool(complete.all()) else [p[complete] for p in probabilities]
+            paired = complete_cases(probabilities, complete) or []
+            pairs = paired[0].shape[0] if paired else 0
             zero = unlabeled_logits[0].new_zeros(())
-            asc = self.asc_loss(paired) if paired[0].shape[0] >= 2 else zero
+            asc = self.asc_loss(paired) if pairs >= 2 else zero
             if self.stage == MUTUAL:
                 w_asc, w_mse = float(self.asc_schedule(epoch)), float(self.mse_schedule(epoch))
-                mse = self.mutual_loss(paired) if paired[0].shape[0] >= 1 else zero
+                mse = self.mutual_loss(paired) if pairs >= 1 else zero
                 loss = loss + w_asc * asc + w_mse * mse
                 terms.update(loss_asc=asc, loss_mse=mse, weight_asc=w_asc, weight_mse=w_mse)
             else:
