@@ -16,6 +16,13 @@ CONFIGS = BUNDLE / "configs"
 TINY_SYNTHETIC = {"num_training": 4, "num_unlabeled": 4, "num_validation": 2, "num_testing": 2, "image_size": 32}
 
 
+def write_datalist(folder: Path, modalities: list[str], content: dict) -> str:
+    """``folder/datalist.json`` declaring ``modalities`` and holding ``content`` (its splits); its path."""
+    path = Path(folder) / "datalist.json"
+    path.write_text(json.dumps(dict(modalities=modalities, **content)))
+    return str(path)
+
+
 def config_files(*names: str) -> str:
     return json.dumps([str(CONFIGS / n) for n in names])
 

@@ -515,7 +515,7 @@ def test_inference_cases_sources(tmp_path):
         assert cases[0]["image"] == [None, None, a] and cases[0]["sequences"] == "flair", image
         assert cases[0]["input_files"] == [a]
     with pytest.raises(ValueError, match="no file for modalities \\['t1', 't2'\\]"):
-        inference_cases(MODALITIES, image={"flair": a}, allow_missing_modalities="false")
+        inference_cases(MODALITIES, image={"flair": a}, allow_missing_modalities=False)
     with pytest.raises(ValueError, match="unknown modalities \\['dwi'\\]"):
         inference_cases(MODALITIES, image={"dwi": a})
     with pytest.raises(ValueError, match="no file given"):

@@ -130,12 +130,9 @@ class TestChannelSemanticConsistencyLoss:
         assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in features)
 
     def test_validation(self):
-        with pytest.raises(ValueError):
-            ChannelSemanticConsistencyLoss(temperature=0.0)
-        with pytest.raises(ValueError):
-            ChannelSemanticConsistencyLoss(temperature=-0.5)
-        with pytest.raises(ValueError):
-            ChannelSemanticConsistencyLoss(reduction="max")
+        for bad in (dict(temperature=0.0), dict(temperature=-0.5), dict(reduction="max")):
+            with pytest.raises(ValueError):
+                ChannelSemanticConsistencyLoss(**bad)
         loss = ChannelSemanticConsistencyLoss()
         with pytest.raises(ValueError):
             loss([torch.randn(1, 4, 2, 2, 2)])
@@ -318,12 +315,9 @@ class TestAreaSimilarityContrastiveLoss:
         assert agree < disagree
 
     def test_validation(self):
-        with pytest.raises(ValueError):
-            AreaSimilarityContrastiveLoss(temperature=0.0)
-        with pytest.raises(ValueError):
-            AreaSimilarityContrastiveLoss(temperature=-1.0)
-        with pytest.raises(ValueError):
-            AreaSimilarityContrastiveLoss(smooth=-1e-5)
+        for bad in (dict(temperature=0.0), dict(temperature=-1.0), dict(smooth=-1e-5)):
+            with pytest.raises(ValueError):
+                AreaSimilarityContrastiveLoss(**bad)
         loss = AreaSimilarityContrastiveLoss()
         with pytest.raises(ValueError):
             loss([torch.rand(2, 2, 3, 3)])

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_runner import TINY_SYNTHETIC, config_files, run_bundle, tiny_train_args
+from bundle_runner import TINY_SYNTHETIC, config_files, run_bundle, tiny_train_args, write_datalist
 
 MODALITIES = ["t1", "t2", "flair"]
 
@@ -30,9 +30,7 @@ def _case(root: Path, name: str, keys=MODALITIES, label: bool = True) -> dict:
 
 
 def _datalist(tmp_path: Path, content: dict) -> str:
-    path = tmp_path / "datalist.json"
-    path.write_text(json.dumps(dict(modalities=MODALITIES, **content)))
-    return str(path)
+    return write_datalist(tmp_path, MODALITIES, content)
 
 
 def test_missing_keys_are_refused_by_default_and_named(tmp_path):
@@ -156,7 +154,7 @@ def test_presence_input_appends_one_indicator_channel_per_sequence():
     image = torch.randn(2, 3, 4, 5)
     image[0, 2] = 0.0
     image[1, 0] = 0.0
-    wrapped = with_presence_input(_Recorder, 3, "true")
+    wrapped = with_presence_input(_Recorder, 3, True)
     wrapped(image)
     seen = wrapped.network.seen
     assert wrapped.network.in_channels == 6 and tuple(seen.shape) == (2, 6, 4, 5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_runner import config_files, run_bundle
+from bundle_runner import config_files, run_bundle, write_datalist
 
 MODALITIES = ["mr", "us"]
 
@@ -27,9 +27,7 @@ def _paired(root: Path, name: str, label: bool = True) -> dict:
 
 
 def _write(root: Path, content: dict) -> str:
-    path = root / "datalist.json"
-    path.write_text(json.dumps(dict(modalities=MODALITIES, **content)))
-    return str(path)
+    return write_datalist(root, MODALITIES, content)
 
 
 def test_every_case_becomes_one_case_per_sequence_with_its_own_label(tmp_path):

@@ -144,6 +144,8 @@ def test_interval_checkpoint_is_replaced_only_after_the_new_one_is_written(tmp_p
 # ------------------------------------------------------------------------------- resume components
 def test_resume_flag_accepts_command_line_strings():
     assert parse_resume_flag(True) and parse_resume_flag("true") and parse_resume_flag("auto")
+    # "auto" (train.yaml's default): a caller's own training cases start a new training
+    assert not parse_resume_flag("auto", external_training_data=True) and parse_resume_flag("true", True)
     assert not parse_resume_flag(False) and not parse_resume_flag("false") and not parse_resume_flag("False")
     with pytest.raises(ValueError, match="resume must be true or false"):
         parse_resume_flag("maybe")

@@ -296,17 +296,15 @@ def test_misalignment(tmp_path):
             assert _residual(image, own) < _residual(image, reference)
 
 
-def test_misalignment_3d(tmp_path):
-    path = generate_synthetic_dataset(
-        str(tmp_path / "m3"),
-        spatial_dims=3,
-        image_size=24,
-        misalignment_mm=2.0,
-        num_training=1,
-        num_unlabeled=0,
-        num_validation=0,
-        num_testing=0,
+def _training_cases_only(folder: Path, num_training: int, **options) -> str:
+    """A synthetic dataset of ``num_training`` training cases and no other split."""
+    return generate_synthetic_dataset(
+        str(folder), num_training=num_training, num_unlabeled=0, num_validation=0, num_testing=0, **options
     )
+
+
+def test_misalignment_3d(tmp_path):
+    path = _training_cases_only(tmp_path / "m3", 1, spatial_dims=3, image_size=24, misalignment_mm=2.0)
     case = _datalist(path)["training"][0]
     labels = {m: _load(tmp_path / "m3", p) for m, p in case["label"].items()}
     assert all(lab.shape == (24, 24, 24) for lab in labels.values())
@@ -316,46 +314,18 @@ def test_misalignment_3d(tmp_path):
 # Label voxel counts per modality and image means of two misaligned cases: the documented results and
 # the thresholds of other tests depend on these exact data. A deliberate change of the draws bumps
 # synthetic.GENERATOR_VERSION and updates these values.
-_PINNED = {
-    2: {
-        "syn_0001": (
-            {"t1": [746, 203, 56, 19], "t2": [739, 208, 57, 20], "flair": [739, 206, 59, 20]},
-            {"t1": 0.239253, "t2": 0.256385, "flair": 0.180125},
-        ),
-        "syn_0002": (
-            {"t1": [669, 255, 61, 39], "t2": [664, 258, 67, 35], "flair": [668, 253, 68, 35]},
-            {"t1": 0.252975, "t2": 0.286146, "flair": 0.203944},
-        ),
-    },
-    3: {
-        "syn_0001": (
-            {"t1": [6760, 986, 190, 64], "t2": [6757, 989, 186, 68], "flair": [6763, 979, 192, 66]},
-            {"t1": 0.129327, "t2": 0.178666, "flair": 0.10534},
-        ),
-        "syn_0002": (
-            {"t1": [6540, 1002, 386, 72], "t2": [6547, 999, 387, 67], "flair": [6529, 1020, 378, 73]},
-            {"t1": 0.139256, "t2": 0.184491, "flair": 0.109496},
-        ),
-    },
-}
+_PINNED = json.loads((Path(__file__).parent / "data" / "pinned_synthetic.json").read_text())
 
 
 @pytest.mark.parametrize("spatial_dims, image_size", [(2, 32), (3, 20)])
 def test_generated_data_is_pinned(tmp_path, spatial_dims, image_size):
     assert synthetic.GENERATOR_VERSION == 2
-    path = generate_synthetic_dataset(
-        str(tmp_path / "pin"),
-        spatial_dims=spatial_dims,
-        image_size=image_size,
-        misalignment_mm=2.0,
-        seed=1,
-        num_training=2,
-        num_unlabeled=0,
-        num_validation=0,
-        num_testing=0,
+    path = _training_cases_only(
+        tmp_path / "pin", 2, spatial_dims=spatial_dims, image_size=image_size, misalignment_mm=2.0, seed=1
     )
     for case in _datalist(path)["training"]:
-        counts, means = _PINNED[spatial_dims][case["case"]]
+        pinned = _PINNED[str(spatial_dims)][case["case"]]
+        counts, means = pinned["label_voxel_counts"], pinned["image_means"]
         for m, rel in case["label"].items():
             assert np.bincount(_load(tmp_path / "pin", rel).ravel(), minlength=4).tolist() == counts[m], (case, m)
         for m, mean in means.items():

@@ -105,7 +105,7 @@ def test_unused_supervised_trainer_arguments_are_refused():
     with pytest.raises(TypeError, match="does not use inferer"):
         SemiSupervisedTrainer(**common, inferer=SimpleInferer())
     with pytest.raises(TypeError, match="does not use compile"):
-        SemiSupervisedTrainer(**common, compile="true")
+        SemiSupervisedTrainer(**common, compile=True)
     with pytest.raises(ValueError, match="accumulation_steps must be >= 1"):
         SemiSupervisedTrainer(**common, accumulation_steps=0)
     SemiSupervisedTrainer(**common, compile=False)  # the default is fine

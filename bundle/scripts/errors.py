@@ -31,8 +31,8 @@ __all__ = [
     "OverwriteRefusedError",
     "as_bool",
     "bundle_error_of",
+    "check_bool",
     "install_error_hook",
-    "parse_flags",
 ]
 
 
@@ -75,18 +75,16 @@ def as_bool(value: Any, name: str = "flag") -> bool:
         raise FlagError(f"--{name} must be true or false (true/false, yes/no, 1/0), got {value!r}.") from None
 
 
-def parse_flags(**flags: Any) -> dict[str, bool]:
-    """Every boolean config id of a run parsed with :func:`as_bool`; one :class:`FlagError` lists every bad one."""
-    values: dict[str, bool] = {}
-    problems: list[str] = []
-    for name, value in flags.items():
-        try:
-            values[name] = as_bool(value, name)
-        except FlagError as e:
-            problems.append(str(e))
-    if problems:
-        raise FlagError("invalid boolean settings:\n" + "\n".join(f"  {p}" for p in problems))
-    return values
+def check_bool(value: Any, name: str) -> bool:
+    """A component's boolean argument, already parsed: a bool, or else a ``TypeError``.
+
+    The configs parse every boolean id once, where it enters (their ``flags`` ids, built with
+    :func:`as_bool`), and hand components the parsed value; a component checks the type rather than
+    parse again, so that a text ``"false"`` that bypassed ``flags`` fails loudly instead of reading as true.
+    """
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"{name} must be a bool (configs pass the parsed @flags#{name}), got {value!r}.")
 
 
 def bundle_error_of(error: BaseException | None) -> BundleError | None:

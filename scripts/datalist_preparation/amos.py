@@ -8,17 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import (
-    KEPT_CODES,
-    NIFTI_EXTENSIONS,
-    Preparation,
-    PreparationError,
-    case_id,
-    check_label_codes,
-    check_same_grid,
-    listing,
-    sub_command,
-)
+from .base import KEPT_CODES, Preparation, PreparationError, sub_command
+from .case_files import NIFTI_EXTENSIONS, case_id, check_label_codes, check_same_grid, listing
 
 __all__ = ["AMOS_LABELS", "amos"]
 

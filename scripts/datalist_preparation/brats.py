@@ -7,19 +7,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import (
-    Preparation,
-    PreparationError,
-    as_label_map,
-    as_list,
-    case_folders,
-    check_label_codes,
-    check_same_grid,
-    expected_names,
-    find_file,
-    listing,
-    sub_command,
-)
+from . import base, case_files
+from .base import Preparation, PreparationError, sub_command
 
 __all__ = [
     "BRATS2013_LABELS",
@@ -87,8 +76,8 @@ def _folder_dataset(
     """Collect the cases (one folder each) of a dataset laid out as ``layout`` says, then assemble the datalist."""
     problems = run.problems
     stems, label_stems = layout.stems, layout.label_stems
-    mapping = as_label_map(label_map, problems)
-    explicit = as_list(modalities, "modalities", problems)
+    mapping = base.as_label_map(label_map, problems)
+    explicit = base.as_list(modalities, "modalities", problems)
     if explicit is not None:
         unknown = [m for m in explicit if m not in stems]
         if unknown:
@@ -97,7 +86,7 @@ def _folder_dataset(
     data_dir = run.data_dir
     cases: list[str] = []
     if run.found_data_dir():
-        cases = case_folders(data_dir)
+        cases = case_files.case_folders(data_dir)
         if not cases:
             problems.append(f"no case folder in {data_dir}")
 
@@ -105,13 +94,13 @@ def _folder_dataset(
     found_labels: dict[str, str | None] = {}
     for case in cases:
         folder = os.path.join(data_dir, case)
-        files = listing(folder)
+        files = case_files.listing(folder)
         found[case] = {}
         for m, options in stems.items():
-            path = find_file(folder, [s.format(case=case) for s in options], files)
+            path = case_files.find_file(folder, [s.format(case=case) for s in options], files)
             if path:
                 found[case][m] = path
-        found_labels[case] = find_file(folder, [s.format(case=case) for s in label_stems], files)
+        found_labels[case] = case_files.find_file(folder, [s.format(case=case) for s in label_stems], files)
 
     if explicit is not None:
         names = explicit
@@ -134,23 +123,23 @@ def _folder_dataset(
             if m in found[case]:
                 images[m] = found[case][m]
             else:
-                expected = expected_names([s.format(case=case) for s in stems[m]])
+                expected = case_files.expected_names([s.format(case=case) for s in stems[m]])
                 problems.append(f"{where}: missing {expected} ({m}) in {folder}")
         label = found_labels[case]
         run.inputs += list(images.values()) + ([label] if label else [])
         if label is None and not allow_unlabeled:
-            expected = expected_names([s.format(case=case) for s in label_stems])
+            expected = case_files.expected_names([s.format(case=case) for s in label_stems])
             problems.append(
                 f"{where}: missing label {expected} in {folder} (--allow_unlabeled puts such cases in 'unlabeled')"
             )
         if len(images) != len(names) or (label is None and not allow_unlabeled):
             continue
-        check_same_grid({**images, **({"label": label} if label else {})}, where, problems)
+        case_files.check_same_grid({**images, **({"label": label} if label else {})}, where, problems)
         if label is None:
             unlabeled[case] = {"images": images}
             continue
         if check_labels:
-            check_label_codes(label, layout.allowed_codes | set(mapping), where, problems)
+            case_files.check_label_codes(label, layout.allowed_codes | set(mapping), where, problems)
         labeled[case] = {"images": images, "label": label}
 
     labels = {name: mapping.get(code, code) for name, code in layout.labels.items()}
@@ -221,11 +210,11 @@ def brats2021(data_dir: str) -> FolderLayout:
     ``--label_map "{4: 3}"`` writes relabelled copies to ``--label_dir``. Validation-phase cases
     have no ``seg``: ``--allow_unlabeled`` puts them in ``unlabeled``.
     """
-    cases = case_folders(data_dir) if os.path.isdir(data_dir) else []
+    cases = case_files.case_folders(data_dir) if os.path.isdir(data_dir) else []
     naming_2021 = []
     for case in cases:
         folder = os.path.join(data_dir, case)
-        if find_file(folder, [f"{case}_seg", f"{case}_t1ce"], listing(folder)):
+        if case_files.find_file(folder, [f"{case}_seg", f"{case}_t1ce"], case_files.listing(folder)):
             naming_2021.append(case)
     if naming_2021 and len(naming_2021) != len(cases):
         more = " ..." if len(naming_2021) > 5 else ""

@@ -6,18 +6,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .base import (
-    NIFTI_EXTENSIONS,
-    Preparation,
-    as_list,
-    case_folders,
-    check_label_codes,
-    check_same_grid,
-    expected_names,
-    find_file,
-    listing,
-    sub_command,
-)
+from . import base, case_files
+from .base import Preparation, sub_command
+from .case_files import NIFTI_EXTENSIONS
 
 __all__ = ["folders"]
 
@@ -70,7 +61,7 @@ def folders(
     Returns the datalist path.
     """
     problems = run.problems
-    names = as_list(modalities, "modalities", problems)
+    names = base.as_list(modalities, "modalities", problems)
     if modalities is None:
         problems.append(
             "--modalities is required: the sequence names, the <modality> part of <case>_<modality>.nii.gz "
@@ -85,7 +76,7 @@ def folders(
     if not isinstance(label_suffix, str) or not label_suffix or "/" in label_suffix or os.sep in label_suffix:
         problems.append(f"--label_suffix must be a non-empty file name part such as _label, got {label_suffix!r}")
         label_suffix = "_label"
-    classes = as_list(class_names, "class_names", problems)
+    classes = base.as_list(class_names, "class_names", problems)
     allowed = set(range(len(classes) + 1)) if classes else set(range(256))
 
     image_stems, label_stems = _stems(names, own_grids, label_suffix)
@@ -99,7 +90,7 @@ def folders(
 
     cases: list[str] = []
     if run.found_data_dir():
-        cases = case_folders(run.data_dir)
+        cases = case_files.case_folders(run.data_dir)
         if not cases:
             problems.append(f"no case folder in {run.data_dir} (expected <case>/<case>_<modality>.nii.gz)")
 
@@ -112,16 +103,16 @@ def folders(
     unlabeled_hint = " (--allow_unlabeled true puts such cases in 'unlabeled')"
     for case in cases if names and not clashes else []:
         folder = os.path.join(run.data_dir, case)
-        files = listing(folder)
+        files = case_files.listing(folder)
         where = f"case '{case}'"
         before = len(problems)
         images: dict[str, str] = {}
         for m in names:
-            path = find_file(folder, [image_stems[m].format(case=case)], files)
+            path = case_files.find_file(folder, [image_stems[m].format(case=case)], files)
             if path is not None:
                 images[m] = path
             elif not allow_missing_modalities:
-                expected = expected_names([image_stems[m].format(case=case)])
+                expected = case_files.expected_names([image_stems[m].format(case=case)])
                 problems.append(f"{where}: missing {expected} ({m}) in {folder}{missing_hint}")
         if not images:
             problems.append(
@@ -130,7 +121,7 @@ def folders(
                 + ")"
             )
         found_labels = {
-            k: path for k, stem in label_stems.items() if (path := find_file(folder, [stem.format(case=case)], files))
+            k: path for k, stem in label_stems.items() if (path := case_files.find_file(folder, [stem.format(case=case)], files))
         }
         used = set(images.values()) | set(found_labels.values())
         unused += sorted(
@@ -150,7 +141,7 @@ def folders(
                     if m not in label:
                         stem = label_stems[m].format(case=case)
                         problems.append(
-                            f"{where}: missing label {expected_names([stem])} ({m}) in {folder} (own grids: a labeled "
+                            f"{where}: missing label {case_files.expected_names([stem])} ({m}) in {folder} (own grids: a labeled "
                             "case has a label for every sequence it has)"
                         )
             elif images and not allow_unlabeled:
@@ -159,14 +150,14 @@ def folders(
         else:
             label = found_labels.get("label")
             if label is None and images and not allow_unlabeled:
-                per_modality = [m for m in names if find_file(folder, [f"{case}_{m}{label_suffix}"], files)]
+                per_modality = [m for m in names if case_files.find_file(folder, [f"{case}_{m}{label_suffix}"], files)]
                 hint = (
                     f"; found per-modality labels of {per_modality}: sequences with their own labels are --own_grids true"
                     if per_modality
                     else unlabeled_hint
                 )
                 problems.append(
-                    f"{where}: missing label {expected_names([label_stems['label'].format(case=case)])} in {folder}{hint}"
+                    f"{where}: missing label {case_files.expected_names([label_stems['label'].format(case=case)])} in {folder}{hint}"
                 )
         run.inputs += list(images.values()) + list(found_labels.values())
         if len(problems) > before:
@@ -175,12 +166,12 @@ def folders(
         # grids: each label on its image's grid (own grids), or the images and label on one grid
         if own_grids and isinstance(label, dict):
             for m, path in label.items():
-                check_same_grid({m: images[m], f"label of {m}": path}, where, problems)
+                case_files.check_same_grid({m: images[m], f"label of {m}": path}, where, problems)
         elif not own_grids:
-            check_same_grid({**images, **({"label": label} if label else {})}, where, problems)
+            case_files.check_same_grid({**images, **({"label": label} if label else {})}, where, problems)
         if check_labels and label is not None:
             for path in label.values() if isinstance(label, dict) else [label]:
-                codes |= check_label_codes(path, allowed, where, problems)
+                codes |= case_files.check_label_codes(path, allowed, where, problems)
         if len(images) < len(names):
             incomplete.append(case)
         if label is None:

@@ -7,7 +7,8 @@ import os
 import re
 from typing import Any
 
-from .base import Preparation, case_id, check_label_codes, read_shape, sub_command
+from .base import Preparation, sub_command
+from .case_files import case_id, check_label_codes, read_shape
 
 __all__ = ["msd"]
 

@@ -5,17 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .base import (
-    Preparation,
-    as_list,
-    case_folders,
-    check_label_codes,
-    check_same_grid,
-    expected_names,
-    find_file,
-    listing,
-    sub_command,
-)
+from . import base, case_files
+from .base import Preparation, sub_command
 
 __all__ = ["MYOPS_LABELS", "MYOPS_PATHOLOGY_LABELS", "MYOPS_SEQUENCES", "myops"]
 
@@ -53,7 +44,7 @@ def myops(
     (2221). Any other code is reported. Returns the datalist path.
     """
     problems = run.problems
-    names = as_list(modalities, "modalities", problems) or []
+    names = base.as_list(modalities, "modalities", problems) or []
     unknown = [m for m in names if m not in MYOPS_SEQUENCES]
     if unknown:
         problems.append(f"--modalities: unknown MyoPS sequences {unknown} (known: {list(MYOPS_SEQUENCES)})")
@@ -71,28 +62,28 @@ def myops(
             problems.append(
                 f"folder of labeled cases not found: {labeled_root} (expected <case>/<case>_C0.nii.gz, ...)"
             )
-        elif not case_folders(labeled_root):
+        elif not case_files.case_folders(labeled_root):
             problems.append(f"no case folder in {labeled_root}")
         if not os.path.isdir(unlabeled_root):
             run.notes.append(f"no folder {unlabeled_root}: no unlabeled cases")
 
     for root, is_labeled in ((labeled_root, True), (unlabeled_root, False)):
         kind = "labeled" if is_labeled else "unlabeled"
-        for case in case_folders(root):
+        for case in case_files.case_folders(root):
             folder = os.path.join(root, case)
-            files = listing(folder)
+            files = case_files.listing(folder)
             where = f"{kind} case '{case}'"
             images: dict[str, str] = {}
             for m in names:
                 stem = f"{case}_{MYOPS_SEQUENCES[m]}"
-                path = find_file(folder, [stem], files)
+                path = case_files.find_file(folder, [stem], files)
                 if path is None:
-                    problems.append(f"{where}: missing {expected_names([stem])} ({m}) in {folder}")
+                    problems.append(f"{where}: missing {case_files.expected_names([stem])} ({m}) in {folder}")
                 else:
                     images[m] = path
-            label = find_file(folder, [f"{case}_gd"], files)
+            label = case_files.find_file(folder, [f"{case}_gd"], files)
             if is_labeled and label is None:
-                problems.append(f"{where}: missing label {expected_names([f'{case}_gd'])} in {folder}")
+                problems.append(f"{where}: missing label {case_files.expected_names([f'{case}_gd'])} in {folder}")
             if not is_labeled and label is not None:
                 run.notes.append(f"{where}: label {label} ignored (case is in {unlabeled_subdir}/)")
             if not is_labeled and case in labeled:
@@ -101,9 +92,9 @@ def myops(
             run.inputs += list(images.values()) + ([label] if label else [])
             if len(images) != len(names) or (is_labeled and label is None):
                 continue
-            check_same_grid({**images, **({"label": label} if is_labeled else {})}, where, problems)
+            case_files.check_same_grid({**images, **({"label": label} if is_labeled else {})}, where, problems)
             if is_labeled:
-                check_label_codes(label, allowed, where, problems)
+                case_files.check_label_codes(label, allowed, where, problems)
                 labeled[case] = {"images": images, "label": label}
             else:
                 unlabeled[case] = {"images": images}

@@ -33,16 +33,16 @@ their own, so a label's affine is compared with an absolute tolerance (``affine_
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monai.data.utils import affine_to_spacing
 
-from ..errors import BundleError, as_bool
+from ..errors import BundleError, check_bool
+from .file_integrity import NIBABEL_EXTENSIONS, check_compressed_size, check_file_size, describe_error, is_nibabel_file
+from .voxel_grids import grid_problems, spacing_of, strip_trailing_singletons, vector_text
 
 __all__ = [
     "CaseReport",
@@ -53,13 +53,8 @@ __all__ = [
     "validate_cases",
 ]
 
-#: file name endings opened with nibabel; files with other endings are not checked.
-NIBABEL_EXTENSIONS = (".nii", ".nii.gz", ".mgh", ".mgz", ".hdr", ".img")
-# tolerance of MONAI's LoadImage when stacking one file per modality (image_reader._copy_compatible_dict)
-_STACK_RTOL, _STACK_ATOL = 1e-5, 1e-8
 # at most this many distinct out-of-range label values are listed in a message
 _MAX_LISTED_VALUES = 8
-_GZIP_CHUNK = 1 << 20
 
 
 class CaseValidationError(BundleError, ValueError):
@@ -183,93 +178,6 @@ class _FileInfo:
         self.problems: list[str] = []
 
 
-def _strip(shape: Sequence[int]) -> tuple[int, ...]:
-    """``shape`` without its trailing singleton axes (``(64, 64, 1)`` and ``(64, 64)`` are one grid)."""
-    out = list(shape)
-    while len(out) > 1 and out[-1] == 1:
-        out.pop()
-    return tuple(int(s) for s in out)
-
-
-def _vec(values: Any) -> str:
-    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
-
-
-def _error(e: BaseException, path: str | None = None) -> str:
-    """One-line ``Type: message`` of an exception; ``path`` (named at the end of every message) shortened."""
-    text = " ".join(str(e).split())
-    if path:
-        text = text.replace(path, os.path.basename(path))
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _is_nibabel_file(path: str) -> bool:
-    return path.lower().endswith(NIBABEL_EXTENSIONS)
-
-
-def _check_compressed_size(path: str, expected: int | None = None) -> str | None:
-    """
-    None when the gzip file ``path`` is a complete gzip stream that decompresses to at least
-    ``expected`` bytes. With ``expected``, the trailer's ISIZE (size mod 2**32) is compared first,
-    and only a mismatch (a truncated or multi-member file) costs a streaming decompression, in
-    chunks of bounded size (memory stays small whatever the file).
-    """
-    with open(path, "rb") as f:
-        if expected:
-            f.seek(0, os.SEEK_END)
-            if f.tell() >= 18:
-                f.seek(-4, os.SEEK_END)
-                if int.from_bytes(f.read(4), "little") == expected % (1 << 32):
-                    return None
-            f.seek(0)
-        total = 0
-        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            done = False
-            while not done:
-                data = f.read(_GZIP_CHUNK)
-                if not data:
-                    break
-                while data:
-                    if decompressor.eof:
-                        if not data.startswith(b"\x1f\x8b"):  # padding after the last member: ignored
-                            done = True
-                            break
-                        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)  # next gzip member
-                    total += len(decompressor.decompress(data, _GZIP_CHUNK))
-                    data = decompressor.unused_data if decompressor.eof else decompressor.unconsumed_tail
-        except zlib.error as e:
-            return f"corrupt compressed data after {total} uncompressed bytes ({_error(e)})"
-    needs = f", the header needs {expected}" if expected else ""
-    if not decompressor.eof and expected and total >= expected:
-        return (
-            f"incomplete gzip file: the voxel data is complete ({total} bytes) but the gzip trailer (checksum and "
-            "size) is cut off; the file was truncated while being written or copied: write or copy it again"
-        )
-    if not decompressor.eof:
-        return f"truncated compressed stream: it ends after {total} uncompressed bytes{needs}"
-    if expected and total < expected:
-        return f"truncated file: decompresses to {total} bytes{needs}"
-    return None
-
-
-def _check_file_size(img: Any, path: str) -> str | None:
-    """Header-only truncation check of a single-file NIfTI; None when the size is plausible."""
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        return None
-    lower = path.lower()
-    if not lower.endswith((".nii", ".nii.gz")):
-        return None
-    offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
-    expected = offset + int(np.prod(img.shape, dtype=np.int64)) * img.header.get_data_dtype().itemsize
-    if lower.endswith(".nii"):
-        size = os.path.getsize(path)
-        if size < expected:
-            return f"truncated file: {size} bytes, the header needs {expected}"
-        return None
-    return _check_compressed_size(path, expected)
-
-
 class _Validator:
     """The checks of :func:`inspect_cases`; each file is opened once per role (results are cached)."""
 
@@ -294,8 +202,8 @@ class _Validator:
             raise TypeError(f"modalities must be a list of names, got the string {modalities!r}.")
         self.datalist = datalist
         self.num_classes = None if num_classes is None else int(num_classes)
-        self.coregistered = as_bool(coregistered, "coregistered")
-        self.read_voxels = as_bool(read_voxels, "read_voxels")
+        self.coregistered = check_bool(coregistered, "coregistered")
+        self.read_voxels = check_bool(read_voxels, "read_voxels")
         self.names = [str(m) for m in modalities] if modalities else None
         self.spatial_dims = None if spatial_dims is None else int(spatial_dims)
         self.affine_atol = float(affine_atol)
@@ -361,7 +269,7 @@ class _Validator:
             for key, path, info, _ in usable[1:]:
                 problems.extend(
                     f"{where}: key {key}: {text}: {path}"
-                    for text in self._grid_problems(info, reference[2], ref_key, stacked=True)
+                    for text in grid_problems(info, reference[2], ref_key, True, self.affine_atol)
                 )
 
         # labels
@@ -375,7 +283,7 @@ class _Validator:
                     ref_key = reference[0].replace("'", "")
                     problems.extend(
                         f"{where}: key 'label': {text}: {path}"
-                        for text in self._grid_problems(info, reference[2], ref_key, stacked=False)
+                        for text in grid_problems(info, reference[2], ref_key, False, self.affine_atol)
                     )
         elif isinstance(label, list):
             by_index = {entry[3]: entry for entry in usable if entry[3] is not None}
@@ -395,7 +303,7 @@ class _Validator:
                 if target is not None:
                     problems.extend(
                         f"{where}: key {key}: {text}: {path}"
-                        for text in self._grid_problems(info, target[2], target[0].replace("'", ""), stacked=False)
+                        for text in grid_problems(info, target[2], target[0].replace("'", ""), False, self.affine_atol)
                     )
         return problems
 
@@ -410,7 +318,7 @@ class _Validator:
             if not self.report_missing:
                 return None
             info.problems.append("file not found")
-        elif not _is_nibabel_file(path):
+        elif not is_nibabel_file(path):
             self.skipped_files.append(path)
             return None
         else:
@@ -427,27 +335,22 @@ class _Validator:
         except Exception as e:  # nibabel raises many types for damaged files
             cause = ""
             if path.lower().endswith(".gz"):
-                problem = _check_compressed_size(path)
+                problem = check_compressed_size(path)
                 cause = f"; {problem}" if problem else ""
-            info.problems.append(f"unreadable header ({_error(e, path)}{cause})")
+            info.problems.append(f"unreadable header ({describe_error(e, path)}{cause})")
             return
         info.shape = shape
         header_ok = self._check_header(shape, affine, role, info)
-        if self.read_voxels:
-            readable = self._check_voxels(img, path, role, info)
-            # data read fine: a cut gzip trailer is still reported, as the headers-only check does
-            if readable and path.lower().endswith(".nii.gz"):
-                try:
-                    problem = _check_file_size(img, path)
-                except Exception as e:
-                    problem = f"unreadable file ({_error(e, path)})"
-                if problem:
-                    info.problems.append(problem)
-        else:
+        # the file size is checked without reading the voxels; after reading them, only a .nii.gz's (read
+        # fine, a cut gzip trailer is still reported, as the headers-only check does)
+        check_size = not self.read_voxels or path.lower().endswith(".nii.gz")
+        if self.read_voxels and not self._check_voxels(img, path, role, info):
+            check_size = False
+        if check_size:
             try:
-                problem = _check_file_size(img, path)
+                problem = check_file_size(img, path)
             except Exception as e:
-                problem = f"unreadable file ({_error(e, path)})"
+                problem = f"unreadable file ({describe_error(e, path)})"
             if problem:
                 info.problems.append(problem)
         if header_ok:
@@ -455,9 +358,9 @@ class _Validator:
             if role != "multichannel":
                 info.spatial = shape
             elif self.num_modalities == 1:
-                info.spatial = _strip(shape)  # a trailing channel axis of size 1 is stripped too
+                info.spatial = strip_trailing_singletons(shape)  # a trailing channel axis of size 1 is stripped too
             elif self.num_modalities is not None:
-                info.spatial = _strip(shape[:-1])  # modalities on the last axis
+                info.spatial = strip_trailing_singletons(shape[:-1])  # modalities on the last axis
         del img
 
     def _layouts(self) -> str:
@@ -478,7 +381,7 @@ class _Validator:
             info.problems.append("affine has non-finite values")
             ok = False
         elif abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            spacing = _vec(_spacing(affine))
+            spacing = vector_text(spacing_of(affine))
             info.problems.append(f"singular affine (zero voxel size or collapsed axes), spacing {spacing}")
             ok = False
         s = self.spatial_dims
@@ -487,9 +390,9 @@ class _Validator:
             if m is None:
                 return ok
             if s is None:
-                valid = (len(shape) >= 3 and shape[-1] == m and 2 <= len(_strip(shape[:-1])) <= 3) or (
-                    m == 1 and len(_strip(shape)) <= 3
-                )
+                valid = (
+                    len(shape) >= 3 and shape[-1] == m and 2 <= len(strip_trailing_singletons(shape[:-1])) <= 3
+                ) or (m == 1 and len(strip_trailing_singletons(shape)) <= 3)
             elif s == 2:
                 valid = (len(shape) == 3 and shape[-1] == m) or (len(shape) == 4 and shape[2] == 1 and shape[3] == m)
                 valid = valid or (m == 1 and len(shape) == 2)
@@ -510,7 +413,7 @@ class _Validator:
                 return False
             return ok
         what = "label" if role == "label" else "per-modality image"
-        axes = _strip(shape)
+        axes = strip_trailing_singletons(shape)
         if s is not None and len(axes) > s:
             info.problems.append(
                 f"{what} of shape {shape} is not a {s}-D image (spatial_dims={s}; a {what} holds one channel)"
@@ -532,7 +435,7 @@ class _Validator:
                 proxy = img.dataobj  # raw values: NaN/Inf survive scaling, and no float64 copy
                 data = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
         except Exception as e:
-            info.problems.append(f"voxel data unreadable ({_error(e, path)})")
+            info.problems.append(f"voxel data unreadable ({describe_error(e, path)})")
             return False
         if data.dtype.kind not in "biufc":
             info.problems.append(f"voxel type {data.dtype} is not numeric")
@@ -573,39 +476,3 @@ class _Validator:
                 f"(num_classes={self.num_classes} including background)"
             )
         return True
-
-    # ---------------------------------------------------------------- grids
-    def _grid_problems(self, info: _FileInfo, ref: _FileInfo, ref_key: str, stacked: bool) -> list[str]:
-        """Differences between the grid of ``info`` and that of ``ref`` (images stacked, or a label)."""
-        if info.spatial is None or ref.spatial is None or info.affine is None or ref.affine is None:
-            return []
-        hint = (
-            "the images of a case must share one voxel grid: the bundle stacks them into channels as they are; "
-            "resample them onto the grid of image[0] first"
-            if stacked
-            else "a label must be on the grid of its image"
-        )
-        # files loaded one per modality are stacked (and cropped with their label) as they are: their
-        # shapes must be equal; a multi-channel file is squeezed to its spatial axes when it is read
-        squeezed = "multichannel" in (info.role, ref.role)
-        same_shape = _strip(info.spatial) == _strip(ref.spatial) if squeezed else info.spatial == ref.spatial
-        if not same_shape:
-            return [f"spatial shape {info.spatial} differs from {ref_key} {ref.spatial} ({hint})"]
-        diff = float(np.max(np.abs(info.affine - ref.affine)))
-        if stacked:
-            same = np.allclose(info.affine, ref.affine, rtol=_STACK_RTOL, atol=_STACK_ATOL)
-            tolerance = "MONAI LoadImage stacks files only when their affines are numpy.allclose (rtol 1e-5, atol 1e-8)"
-        else:
-            same = diff <= self.affine_atol
-            tolerance = f"tolerance {self.affine_atol:g} mm"
-        if same:
-            return []
-        return [
-            f"affine differs from {ref_key} by up to {diff:.3g} ({tolerance}): origin {_vec(info.affine[:3, 3])} "
-            f"vs {_vec(ref.affine[:3, 3])}, spacing {_vec(_spacing(info.affine))} vs {_vec(_spacing(ref.affine))} "
-            f"({hint})"
-        ]
-
-
-def _spacing(affine: np.ndarray) -> np.ndarray:
-    return np.asarray(affine_to_spacing(np.asarray(affine, dtype=np.float64), r=3, suppress_zeros=False))

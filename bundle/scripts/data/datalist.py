@@ -20,13 +20,13 @@ import difflib
 import json
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import BundleError, InputError, InputNotFoundError
+from .datalist_case import MissingFileProblem, derive_case_id, list_order, normalise_case
 from .own_grids import split_by_modality
 from .synthetic import generate_synthetic_dataset
 
@@ -46,13 +46,8 @@ __all__ = [
 
 #: case lists of a datalist, in the order they are reported.
 DATALIST_SPLITS = ("training", "unlabeled", "validation", "testing")
-# splits whose cases must have a label; labels found in "unlabeled" are dropped
-_LABELED_SPLITS = ("training", "validation")
 # top-level keys that are not splits and are read by the bundle
 _METADATA_KEYS = ("modalities", "labels")
-_IMAGE_EXTENSIONS = re.compile(
-    r"(\.nii\.gz|\.nii|\.nrrd|\.mha|\.mhd|\.npy|\.npz|\.png|\.jpg|\.tif|\.tiff|\.dcm)$", re.IGNORECASE
-)
 
 
 class DatalistError(BundleError, ValueError):
@@ -76,10 +71,6 @@ class DatalistError(BundleError, ValueError):
         count = len(self.problems)
         header = f"invalid datalist{where} ({count} problem{'s' if count != 1 else ''}):"
         return "\n".join([header] + [f"  {p}" for p in self.problems])
-
-
-class _Missing(str):
-    """A problem text that reports a missing file (see ``defer_missing_files``)."""
 
 
 class Datalist(dict):
@@ -229,7 +220,7 @@ def load_datalist(
         )
     _check_case_ids(result, problems)
     _check_shared_images(result, problems)
-    if problems and defer_missing_files and all(isinstance(p, _Missing) for p in problems):
+    if problems and defer_missing_files and all(isinstance(p, MissingFileProblem) for p in problems):
         result.file_problems = [str(p) for p in problems]
     elif problems:
         raise DatalistError(problems, datalist_path)
@@ -247,14 +238,8 @@ def resolve_datalist(
     modalities: Sequence[str],
     synthetic_dir: str,
     spatial_dims: int = 2,
-    labeled_fraction: float = 1.0,
-    split_seed: int = 0,
     synthetic: dict | None = None,
-    require_validation: bool = False,
-    defer_missing_files: bool = False,
-    require_training: bool = True,
-    allow_missing_modalities: bool = False,
-    own_grids: bool = False,
+    **options: Any,
 ) -> dict[str, list[dict]]:
     """
     Datalist of a run: the user's dataset when one is given, else the embedded synthetic dataset.
@@ -274,26 +259,24 @@ def resolve_datalist(
         synthetic_dir: folder of the synthetic dataset; use one folder per set of parameters,
             since a folder generated with other parameters is refused, not overwritten.
         spatial_dims: 2 or 3, dimensionality of the synthetic dataset (ignored for user data).
-        labeled_fraction: fraction in (0, 1] of the training cases that keep their label.
-        split_seed: seed of the labeled/unlabeled selection.
         synthetic: further keyword arguments of ``generate_synthetic_dataset`` (``image_size``,
             ``num_training``, ``misalignment_mm``, ``seed``, ...).
-        require_validation, defer_missing_files, require_training, allow_missing_modalities, own_grids:
-            see :func:`load_datalist`.
+        options: keyword arguments of :func:`load_datalist` (``labeled_fraction``, ``split_seed``,
+            ``require_validation``, ``defer_missing_files``, ``allow_missing_modalities``, ``own_grids``, ...).
 
     Returns:
         the normalised datalist, as :func:`load_datalist` returns it.
     """
     if not dataset_dir and not datalist_file:
-        options = dict(synthetic or {})
-        clashes = sorted(set(options) & {"output_dir", "spatial_dims", "modalities"})
+        generator_options = dict(synthetic or {})
+        clashes = sorted(set(generator_options) & {"output_dir", "spatial_dims", "modalities"})
         if clashes:
             raise InputError(
                 f"--synthetic options {clashes} are set by their own ids (--synthetic_dir, --spatial_dims, "
                 "--modalities); remove them from --synthetic."
             )
         datalist_path = generate_synthetic_dataset(
-            synthetic_dir, spatial_dims=spatial_dims, modalities=modalities, **options
+            synthetic_dir, spatial_dims=spatial_dims, modalities=modalities, **generator_options
         )
         root = None
     elif datalist_file:
@@ -301,18 +284,7 @@ def resolve_datalist(
     else:
         root = dataset_dir
         datalist_path = os.path.join(os.path.abspath(os.path.expanduser(os.fspath(dataset_dir))), "datalist.json")
-    return load_datalist(
-        datalist_path,
-        dataset_dir=root,
-        modalities=modalities,
-        labeled_fraction=labeled_fraction,
-        split_seed=split_seed,
-        require_validation=require_validation,
-        defer_missing_files=defer_missing_files,
-        require_training=require_training,
-        allow_missing_modalities=allow_missing_modalities,
-        own_grids=own_grids,
-    )
+    return load_datalist(datalist_path, dataset_dir=root, modalities=modalities, **options)
 
 
 def declared_names(dataset_dir: str | None, datalist_file: str | None, key: str, default: Sequence[str]) -> list[str]:
@@ -386,22 +358,6 @@ def _modality_names(modalities: Sequence[str] | None, content: dict[str, Any], p
     return None if bad or len(set(map(str, names))) != len(names) else names
 
 
-def _resolve_path(
-    value: Any, base_dir: str, check_files: bool, where: str, key: str, problems: list[str]
-) -> str | None:
-    """Absolute path of ``value`` (relative to ``base_dir``), or None with a problem added."""
-    if not isinstance(value, str) or not value.strip():
-        problems.append(f"{where}: key {str(key)!r}: expected a file path, got {value!r}")
-        return None
-    path = os.path.expanduser(value)
-    if not os.path.isabs(path):
-        path = os.path.join(base_dir, path)
-    path = os.path.normpath(path)
-    if check_files and not os.path.exists(path):
-        problems.append(_Missing(f"{where}: key {str(key)!r}: file not found: {path}"))
-    return path
-
-
 def _check_top_level_keys(content: dict[str, Any], modalities: list[str], problems: list[str]) -> None:
     """Report top-level keys that look like a misspelled split or hold cases under an unknown name."""
     splits = ", ".join(DATALIST_SPLITS)
@@ -421,232 +377,6 @@ def _check_top_level_keys(content: dict[str, Any], modalities: list[str], proble
             problems.append(
                 f"key {str(key)!r}: {len(value)} cases under an unknown split name; they are not used (splits: {splits})"
             )
-
-
-def list_order(modalities: list[str], content: dict[str, Any]) -> tuple[list[str], list[int] | None] | None:
-    """How ``"image": [...]`` lists, written in the datalist's own ``modalities`` order, map onto
-    ``modalities``: None when the orders agree (or the datalist names none), else ``(datalist order,
-    index of each of ``modalities`` in it, or None when some is missing from it)``."""
-    own = content.get("modalities")
-    if not isinstance(own, list) or not own or not all(isinstance(m, str) for m in own) or own == modalities:
-        return None
-    if len(set(own)) != len(own) or not set(modalities) <= set(own):
-        return own, None
-    return own, [own.index(m) for m in modalities]
-
-
-def derive_case_id(first_path: Any, first_modality: str, per_modality: bool) -> str | None:
-    """Case id from a file name: extension removed, and a trailing ``_<modality>`` when per modality."""
-    if not isinstance(first_path, str) or not first_path.strip():
-        return None
-    stem = _IMAGE_EXTENSIONS.sub("", os.path.basename(os.path.normpath(first_path)))
-    suffix = f"_{first_modality}"
-    if per_modality and stem.lower().endswith(suffix.lower()) and len(stem) > len(suffix):
-        stem = stem[: -len(suffix)]
-    return stem or None
-
-
-def normalise_case(
-    raw: Any,
-    split: str,
-    position: int,
-    modalities: list[str],
-    base_dir: str,
-    check_files: bool,
-    problems: list[str],
-    list_order: tuple[list[str], list[int] | None] | None = None,
-    allow_missing_modalities: bool = False,
-    own_grids: bool = False,
-) -> dict[str, Any]:
-    """Normalise one case (see :func:`load_datalist`), appending its problems to ``problems``.
-    ``list_order``: see :func:`list_order` (lists of paths follow the datalist's own modalities).
-    ``allow_missing_modalities``: a modality key that is absent or null (or a null entry of an
-    ``"image"`` list) gives a ``None`` path for that modality instead of a problem."""
-    if not isinstance(raw, dict):
-        problems.append(f"{split} case #{position}: expected a JSON object, got {type(raw).__name__}")
-        return {"case": f"#{position}"}
-    image = raw.get("image")
-    present = [m for m in modalities if m in raw and raw[m] is not None]
-    named = [m for m in modalities if m in raw]
-
-    # case id first, so that every message can name it
-    case_id = raw.get("case")
-    if case_id is not None and (not isinstance(case_id, str) or not case_id.strip()):
-        problems.append(f"{split} case #{position}: key 'case': expected a non-empty string, got {case_id!r}")
-        case_id = None
-    if case_id is None:
-        if image is not None:
-            first = image[0] if isinstance(image, list) and image else image
-            case_id = derive_case_id(first, modalities[0], per_modality=isinstance(image, list))
-        elif present:
-            case_id = derive_case_id(raw[present[0]], present[0], per_modality=True)
-    where = f"{split} case {str(case_id)!r}" if case_id else f"{split} case #{position}"
-    case: dict[str, Any] = {"case": case_id if case_id else f"#{position}"}
-
-    expected = f"one per modality: {', '.join(modalities)}"
-    order_note = ""
-    if list_order is not None:
-        own, index = list_order
-        order_note = (
-            f"the datalist's modalities are {own}, --modalities gives {modalities}; a list of paths follows the "
-            "datalist's order"
-        )
-
-    def reorder(paths: list, key: str) -> list | None:
-        """``paths`` (in the datalist's order) in the order of ``modalities``; None (problem added) if impossible."""
-        if list_order is None:
-            return paths
-        own, index = list_order
-        if index is None:
-            problems.append(f"{where}: key {str(key)!r}: cannot match its paths to --modalities ({order_note})")
-            return None
-        if len(paths) != len(own):
-            problems.append(
-                f"{where}: key {str(key)!r}: expected {len(own)} paths (one per modality: {', '.join(own)}), got {len(paths)}"
-            )
-            return None
-        return [paths[i] for i in index]
-
-    missing_hint = (
-        "" if allow_missing_modalities else "; a case may lack sequences with --allow_missing_modalities true"
-    )
-
-    def resolve_image(p: Any, key: str) -> str | None:
-        """One modality's path, or None for a missing one (when allowed)."""
-        if p is None and allow_missing_modalities:
-            return None
-        if p is None:
-            problems.append(f"{where}: key {key!r}: null ({expected}{missing_hint})")
-            return None
-        return _resolve_path(p, base_dir, check_files, where, key, problems)
-
-    if image is not None:
-        if named:
-            problems.append(f"{where}: key 'image': given together with per-modality keys {named}; use one form only")
-        if isinstance(image, str):
-            case["image"] = _resolve_path(image, base_dir, check_files, where, "image", problems)
-            if list_order is not None:
-                problems.append(
-                    f"{where}: key 'image': a multi-channel file holds the modalities in the datalist's order, which "
-                    f"differs from --modalities ({order_note}); pass --modalities in the datalist's order: "
-                    f"{case['image']}"
-                )
-        elif isinstance(image, list) and list_order is not None:
-            ordered = reorder(image, "image")
-            if ordered is not None:
-                case["image"] = [
-                    resolve_image(p, f"image[{list_order[0].index(m)}]")
-                    for p, m in zip(ordered, modalities, strict=False)
-                ]
-        elif isinstance(image, list):
-            if len(image) != len(modalities):
-                problems.append(
-                    f"{where}: key 'image': expected {len(modalities)} paths ({expected}), got {len(image)}"
-                )
-            case["image"] = [resolve_image(p, f"image[{i}]") for i, p in enumerate(image)]
-        else:
-            problems.append(f"{where}: key 'image': expected a path or a list of paths, got {type(image).__name__}")
-    elif present:
-        if allow_missing_modalities:
-            case["image"] = [resolve_image(raw.get(m), m) for m in modalities]
-        else:
-            for m in modalities:
-                if raw.get(m) is None:
-                    state = "null" if m in raw else "missing"
-                    problems.append(f"{where}: key {str(m)!r}: {state} ({expected}{missing_hint})")
-            case["image"] = [
-                _resolve_path(raw[m], base_dir, check_files, where, m, problems) for m in modalities if m in present
-            ]
-    else:
-        problems.append(f"{where}: key 'image': no images (give 'image' or one key per modality: {expected})")
-    if isinstance(case.get("image"), list) and case["image"] and all(p is None for p in case["image"]):
-        problems.append(f"{where}: key 'image': every modality is missing; a case needs at least one ({expected})")
-
-    label = raw.get("label")
-    if split == "unlabeled":
-        label = None
-    given = [m for m, p in zip(modalities, case.get("image") or [], strict=False) if p is not None]
-    if label is None:
-        if split in _LABELED_SPLITS:
-            problems.append(f"{where}: key 'label': missing (every {split} case needs a label)")
-    elif own_grids and isinstance(label, dict) and isinstance(case.get("image"), list):
-        # one label per sequence given, on that sequence's own grid; none for a sequence the case lacks
-        for m in given:
-            if label.get(m) is None:
-                problems.append(
-                    f"{where}: key 'label': no label for modality {str(m)!r} (own grids: one label per sequence given)"
-                )
-        extra = sorted(str(m) for m in label if m in modalities and m not in given and label[m] is not None)
-        if extra:
-            problems.append(f"{where}: key 'label': labels for modalities without an image: {extra}")
-        unknown = sorted(str(m) for m in set(label) - set(modalities))
-        if unknown:
-            problems.append(f"{where}: key 'label': unknown modalities {unknown} (expected {', '.join(modalities)})")
-        case["label"] = [
-            (
-                _resolve_path(label[m], base_dir, check_files, where, f"label[{m}]", problems)
-                if m in given and label.get(m)
-                else None
-            )
-            for m in modalities
-        ]
-    elif own_grids:
-        problems.append(
-            f"{where}: key 'label': modalities on their own grids need one label per modality, "
-            f"{{{json.dumps(str(modalities[0]))}: path, ...}} (one for each sequence the case has)"
-        )
-    elif isinstance(label, str):
-        case["label"] = _resolve_path(label, base_dir, check_files, where, "label", problems)
-    elif not isinstance(label, str) and isinstance(case.get("image"), list) and None in case["image"]:
-        problems.append(
-            f"{where}: key 'label': a case with missing modalities needs one label on the grid shared by its "
-            "sequences (per-modality labels are not supported with missing sequences)"
-        )
-    elif isinstance(label, dict):
-        for m in modalities:
-            if m not in label:
-                problems.append(
-                    f"{where}: key 'label': no label for modality {str(m)!r} (a label dict needs {expected})"
-                )
-        unknown = sorted(set(label) - set(modalities))
-        if unknown:
-            problems.append(f"{where}: key 'label': unknown modalities {unknown} (expected {', '.join(modalities)})")
-        case["label"] = [
-            _resolve_path(label[m], base_dir, check_files, where, f"label[{m}]", problems)
-            for m in modalities
-            if m in label
-        ]
-    elif isinstance(label, list) and list_order is not None:
-        ordered = reorder(label, "label")
-        if ordered is not None:
-            case["label"] = [
-                _resolve_path(p, base_dir, check_files, where, f"label[{list_order[0].index(m)}]", problems)
-                for p, m in zip(ordered, modalities, strict=False)
-            ]
-    elif isinstance(label, list):
-        if len(label) != len(modalities):
-            problems.append(f"{where}: key 'label': expected {len(modalities)} paths ({expected}), got {len(label)}")
-        case["label"] = [
-            _resolve_path(p, base_dir, check_files, where, f"label[{i}]", problems) for i, p in enumerate(label)
-        ]
-    else:
-        problems.append(f"{where}: key 'label': expected a path or {{modality: path}}, got {type(label).__name__}")
-
-    # modalities of the datalist that this run does not use are dropped
-    consumed = {"case", "image", "label", *modalities, *(list_order[0] if list_order else ())}
-    for key, value in raw.items():
-        if key in consumed:
-            continue
-        paths = value if isinstance(value, list) else [value]
-        if paths and all(isinstance(p, str) and _IMAGE_EXTENSIONS.search(p.strip()) for p in paths):
-            shown = ", ".join(os.path.normpath(os.path.join(base_dir, os.path.expanduser(p))) for p in paths)
-            problems.append(
-                f"{where}: key {str(key)!r}: an image file under a key that is not a modality of this run "
-                f"(modalities: {', '.join(modalities)}); add it to the modalities or remove the key: {shown}"
-            )
-        else:
-            case[key] = value
-    return case
 
 
 def _check_case_ids(datalist: dict[str, list[dict]], problems: list[str]) -> None:

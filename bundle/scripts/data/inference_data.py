@@ -29,8 +29,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import InputError, InputNotFoundError, OverwriteRefusedError, as_bool
-from .datalist import DatalistError, derive_case_id, list_order, normalise_case
+from ..errors import InputError, InputNotFoundError, OverwriteRefusedError, check_bool
+from .datalist import DatalistError
+from .datalist_case import derive_case_id, list_order, normalise_case
 from .missing_modalities import missing_modalities
 from .own_grids import GRID_MODALITY_KEY, split_case
 from .synthetic import generate_synthetic_dataset
@@ -164,7 +165,7 @@ def inference_cases(
         file, so that a ``monai.bundle run`` ends with the message alone (``scripts.errors``).
     """
     modalities = list(modalities)
-    allow_missing = as_bool(allow_missing_modalities, "allow_missing_modalities")
+    allow_missing = check_bool(allow_missing_modalities, "allow_missing_modalities")
     if image not in (None, "", [], {}):
         cases = _cases_from_image(image, modalities, allow_missing)
     else:
@@ -193,7 +194,7 @@ def inference_cases(
             datalist_path = generate_synthetic_dataset(synthetic_dir, spatial_dims=spatial_dims, modalities=modalities)
             cases = _cases_from_datalist(datalist_path, None, data_split, modalities, allow_missing)
 
-    if as_bool(own_grids, "own_grids"):
+    if check_bool(own_grids, "own_grids"):
         cases = [single for case in cases for single in split_case(case, modalities)]
     result = []
     seen: set[str] = set()

@@ -12,13 +12,15 @@ trainer and every method fall back to their supervised terms.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import torch
 from monai.bundle import ComponentLocator
 from monai.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset
 
-__all__ = ["training_loader"]
+__all__ = ["loader_workers", "training_loader"]
 
 
 def _loader_class(loader: Any) -> type:
@@ -34,6 +36,15 @@ def _loader_class(loader: Any) -> type:
             raise ValueError(f"loader {loader!r} is neither a MONAI component nor an importable class.")
         return found
     return getattr(__import__(module, fromlist=[loader]), loader)
+
+
+def loader_workers(processes_per_node: int = 1) -> int:
+    """Data-loading worker processes per training process: on a GPU machine a share of the cores (at most 4;
+    ``processes_per_node`` processes share them), so that augmentation overlaps with the GPU; none on the
+    CPU, where workers would compete with training for the same cores."""
+    if not torch.cuda.is_available():
+        return 0
+    return min(4, (os.cpu_count() or 1) // (2 * max(1, int(processes_per_node))))
 
 
 def training_loader(

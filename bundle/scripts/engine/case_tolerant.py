@@ -26,7 +26,7 @@ from monai.transforms import apply_transform
 from torch.utils.data import Dataset
 
 from ..data.transforms import input_files_of
-from ..errors import BundleError, as_bool
+from ..errors import BundleError, check_bool
 
 __all__ = ["CaseTolerantDataset", "CaseTolerantEvaluator", "CaseFailuresError", "root_cause"]
 
@@ -165,10 +165,10 @@ class CaseTolerantEvaluator(SupervisedEvaluator):
     """
 
     def __init__(self, *args: Any, raise_on_failure: bool = True, case_key: str = "case", **kwargs: Any) -> None:
-        if "amp" in kwargs:  # `--amp false` arrives as text
-            kwargs["amp"] = as_bool(kwargs["amp"], "amp")
+        if "amp" in kwargs:
+            check_bool(kwargs["amp"], "amp")
         super().__init__(*args, **kwargs)
-        self.raise_on_failure = as_bool(raise_on_failure, "raise_on_failure")
+        self.raise_on_failure = check_bool(raise_on_failure, "raise_on_failure")
         self.case_key = case_key
         self.failures: dict[str, str] = {}
         self.completed_cases: list[str] = []

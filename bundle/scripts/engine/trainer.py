@@ -7,16 +7,17 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+from ignite.engine import Engine
 from monai.data import MetaTensor
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import BundleError, as_bool
+from ..errors import BundleError, check_bool
 from .method import SemiSupervisedMethod
 
-__all__ = ["SemiSupervisedTrainer", "NonFiniteLossError", "EveryNIterations", "loss_terms"]
+__all__ = ["SemiSupervisedTrainer", "NonFiniteLossError", "EveryNIterations", "attach_handlers", "loss_terms"]
 
 
 def _plain_tensor(x: Any) -> Any:
@@ -49,6 +50,14 @@ class EveryNIterations:
 
     def __call__(self, engine: Any, iteration: int) -> bool:
         return iteration % self.n == 0
+
+
+def attach_handlers(engine: Engine, handlers: Iterable[Any]) -> Engine:
+    """Attaches each handler to ``engine``, in order, and returns it: for handlers that refer to the engine
+    themselves (a checkpoint saver keeping the trainer's counters), which cannot be built into its handler list."""
+    for handler in handlers:
+        handler.attach(engine)
+    return engine
 
 
 class SemiSupervisedTrainer(SupervisedTrainer):
@@ -106,29 +115,22 @@ class SemiSupervisedTrainer(SupervisedTrainer):
         # SupervisedTrainer arguments this trainer has no use for are refused, not silently ignored:
         # the method calls the network itself (no inferer), and computes its own loss (no loss_function)
         unused = [name for name in ("inferer", "loss_function") if kwargs.get(name) is not None]
-        if as_bool(kwargs.get("compile", False), "compile"):
+        if check_bool(kwargs.get("compile", False), "compile"):
             unused.append("compile")  # compile the network in the config instead: `$torch.compile(...)`
         if unused:
             raise TypeError(
                 f"SemiSupervisedTrainer does not use {', '.join(unused)}: the method's step calls the network and "
                 'computes the loss (compile the network itself, e.g. network: "$torch.compile(@network_def)").'
             )
-        kwargs.pop("compile", None)  # true was refused above; a text "false" would read as true to SupervisedTrainer
+        kwargs.pop("compile", None)  # true was refused above
         kwargs["accumulation_steps"] = int(kwargs.get("accumulation_steps", 1))  # `--accumulation_steps 2` as text
         if kwargs["accumulation_steps"] < 1:
             raise ValueError(f"accumulation_steps must be >= 1, got {kwargs['accumulation_steps']}.")
         kwargs.setdefault("decollate", False)
-        if "amp" in kwargs:  # `--amp false` arrives as text
-            kwargs["amp"] = as_bool(kwargs["amp"], "amp")
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            train_data_loader=train_data_loader,
-            network=network,
-            optimizer=optimizer,
-            loss_function=_loss_is_the_method,
-            **kwargs,
-        )
+        if "amp" in kwargs:
+            check_bool(kwargs["amp"], "amp")
+        # SupervisedTrainer's first six parameters, in its order
+        super().__init__(device, max_epochs, train_data_loader, network, optimizer, _loss_is_the_method, **kwargs)
         self.method = method.to(device)
         self.method.setup(network)
         self.unlabeled_data_loader = unlabeled_data_loader

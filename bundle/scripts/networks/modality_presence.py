@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..data.missing_modalities import modality_presence
-from ..errors import as_bool
+from ..errors import check_bool
 
 __all__ = ["ModalityPresenceInput", "modality_presence", "present_heads_mean", "with_presence_input"]
 
@@ -107,10 +107,10 @@ def with_presence_input(network: Callable[..., nn.Module], num_modalities: int, 
     Args:
         network: builds the network from ``in_channels`` (a ``_mode_: callable`` config component).
         num_modalities: ``M``.
-        enabled: a boolean or its command-line string. True: ``network(in_channels=2 * M)`` wrapped in
+        enabled: the parsed ``@flags#modality_presence_input``. True: ``network(in_channels=2 * M)`` wrapped in
             :class:`ModalityPresenceInput`; False: ``network(in_channels=M)`` itself, whose weights keep
             their names, so that checkpoints of networks trained without the mask still load.
     """
-    if as_bool(enabled, "modality_presence_input"):
+    if check_bool(enabled, "modality_presence_input"):
         return ModalityPresenceInput(network(in_channels=2 * int(num_modalities)), num_modalities)
     return network(in_channels=int(num_modalities))

@@ -30,13 +30,20 @@ class ValidationMetricsWriter:
     ``state_dict``/``load_state_dict`` carry the history through a resumed training run.
 
     Args:
-        filename: path of the JSON file (its folder is created).
+        filename: path of the JSON file (its folder is created); relative to ``folder`` when that is given.
         class_names: names of the foreground classes, in the order of per-class metric tensors.
         logger_name: logger used for the one-line summary.
+        folder: the folder of ``filename`` (a run's ``output_dir``), or None.
     """
 
-    def __init__(self, filename: str, class_names: Sequence[str] | None = None, logger_name: str = "ValidationMetrics"):
-        self.filename = str(filename)
+    def __init__(
+        self,
+        filename: str = "metrics.json",
+        class_names: Sequence[str] | None = None,
+        logger_name: str = "ValidationMetrics",
+        folder: str | None = None,
+    ):
+        self.filename = os.path.join(folder, filename) if folder else str(filename)
         self.class_names = list(class_names) if class_names is not None else None
         self.logger = logging.getLogger(logger_name)
         self.history: list[dict[str, Any]] = []

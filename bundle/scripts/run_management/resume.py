@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -26,7 +27,7 @@ from ignite.handlers import Checkpoint
 from monai.transforms import Compose, Randomizable, Transform
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import BundleError, as_bool
+from ..errors import BundleError, as_bool, check_bool
 from .checkpoint_loading import CheckpointError, read_checkpoint
 
 __all__ = [
@@ -44,12 +45,14 @@ logger = logging.getLogger(__name__)
 _STEP_IN_NAME = re.compile(r"(?:epoch|iteration)=(\d+)\.pt$")
 
 
-def parse_resume_flag(value: Any) -> bool:
-    """``resume`` as a bool, parsed like every boolean id (:func:`scripts.errors.as_bool`); ``"auto"`` means true."""
+def parse_resume_flag(value: Any, external_training_data: bool = False) -> bool:
+    """``resume`` as a bool, parsed like every boolean id (:func:`scripts.errors.as_bool`). ``"auto"``
+    (train.yaml's default) resumes unless the run trains on a caller's own cases (``external_training_data``,
+    as MONAI Label's ``BundleTrainTask`` passes them), which start a new training each time."""
     if value is None:
         return False
     if isinstance(value, str) and value.strip().lower() == "auto":
-        return True
+        return not external_training_data
     return as_bool(value, "resume")
 
 
@@ -276,10 +279,18 @@ class RunSettings:
     Args:
         settings: ``{config id: value}``; values are compared as JSON data (numbers with a relative
             tolerance of 1e-9).
+        method: the run's method object, kept as ``settings["method"]``, its class name.
+        paths: ``{config id: path or None}``, kept as absolute paths (a run resumed from another
+            working folder names the same files).
     """
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.settings = _normalised(dict(settings))
+    def __init__(self, settings: Mapping[str, Any], method: Any = None, paths: Mapping[str, Any] | None = None) -> None:
+        settings = dict(settings)
+        if method is not None:
+            settings["method"] = type(method).__name__
+        for key, path in (paths or {}).items():
+            settings[key] = os.path.abspath(path) if path else None
+        self.settings = _normalised(settings)
 
     def state_dict(self) -> dict[str, Any]:
         return {"settings": json.dumps(self.settings, sort_keys=True)}
@@ -334,8 +345,10 @@ class ResumeTraining:
             ``save_dir`` and ``save_dict`` say what to load from where.
         file_prefix: the saver's ``file_prefix`` (MONAI's ``CheckpointSaver`` keeps it in no public
             attribute): its checkpoints are ``<file_prefix>_*.pt``.
-        resume: ``True``/``False``, or the strings ``"true"``, ``"false"``, ``"auto"`` (= true) of a
-            command line.
+        resume: ``True``/``False``, or the strings ``"true"``, ``"false"``, ``"auto"`` of a command line
+            (``"auto"``: true unless ``external_training_data``).
+        external_training_data: the run trains on cases its caller passed in place of the datalist's
+            training split (what ``"auto"`` means depends on it).
         map_location: ``torch.load``'s ``map_location`` (e.g. the training device).
         strict: ``strict`` of ``nn.Module.load_state_dict`` for the network and the method.
         name: logger name; defaults to this module's logger.
@@ -346,12 +359,13 @@ class ResumeTraining:
         saver: Any,
         file_prefix: str = "training_state",
         resume: bool | str = True,
+        external_training_data: bool = False,
         map_location: Any = None,
         strict: bool = True,
         name: str | None = None,
     ) -> None:
         self.saver = saver
-        self.resume = parse_resume_flag(resume)
+        self.resume = parse_resume_flag(resume, check_bool(external_training_data, "external_training_data"))
         self.map_location = map_location
         self.strict = bool(strict)
         self.logger = logging.getLogger(name) if name else logger

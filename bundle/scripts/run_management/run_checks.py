@@ -18,14 +18,23 @@ class TrainingOutputError(BundleError, RuntimeError):
     """Training ended without writing the model it is meant to produce."""
 
 
-def check_model_written(model_file: str, evaluator: Any, val_interval: int, epochs: int, enabled: bool = True) -> str:
-    """``model_file`` when it exists; otherwise :class:`TrainingOutputError` saying why it was not written.
+def check_model_written(
+    ckpt_dir: str,
+    evaluator: Any,
+    val_interval: int,
+    epochs: int,
+    external_training_data: bool = False,
+    file_name: str = "model.pt",
+) -> str:
+    """``ckpt_dir/file_name`` when it exists; otherwise :class:`TrainingOutputError` saying why it was not written.
 
     The best model is written by the validation (``val_mean_dice``): a run in which no validation
     round ran, or in which the key metric was never a number, writes none, and would otherwise
-    exit 0 with nothing to show.
+    exit 0 with nothing to show. Not checked when a caller trains on its own cases
+    (``external_training_data``, MONAI Label), which may validate differently.
     """
-    if not enabled or os.path.isfile(model_file):
+    model_file = os.path.join(ckpt_dir, file_name)
+    if external_training_data or os.path.isfile(model_file):
         return model_file
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
         return model_file  # rank 0 writes it, maybe on storage this process does not see

@@ -50,23 +50,13 @@ _DISTRACTORS = (2, 3)
 # other outer axes, wall size (fraction of the smallest outer semi-axis), cavity size (fraction of the
 # wall), centre shifts (fraction of the image size). 3D uses larger structures so that the small
 # classes keep enough voxels despite the cubic volume scaling.
-_SHAPE_RANGES: dict[int, dict[str, Any]] = {
-    2: {
-        "outer": (0.28, 0.40),
-        "outer_aspect": (0.7, 1.0),
-        "outer_shift": 0.06,
-        "wall": (0.6, 0.75),
-        "wall_shift": 0.03,
-        "cavity": (0.5, 0.65),
-    },
-    3: {
-        "outer": (0.34, 0.44),
-        "outer_aspect": (0.75, 1.0),
-        "outer_shift": 0.04,
-        "wall": (0.65, 0.8),
-        "wall_shift": 0.025,
-        "cavity": (0.55, 0.7),
-    },
+_SHAPE_RANGES: dict[str, dict[int, Any]] = {
+    "outer": {2: (0.28, 0.40), 3: (0.34, 0.44)},
+    "outer_aspect": {2: (0.7, 1.0), 3: (0.75, 1.0)},
+    "outer_shift": {2: 0.06, 3: 0.04},
+    "wall": {2: (0.6, 0.75), 3: (0.65, 0.8)},
+    "wall_shift": {2: 0.03, 3: 0.025},
+    "cavity": {2: (0.5, 0.65), 3: (0.55, 0.7)},
 }
 
 
@@ -133,7 +123,7 @@ def sample_anatomy(rng: np.random.Generator, dims: int, size: int) -> Anatomy:
         dims: 2 or 3.
         size: side length of the image in voxels (1 mm).
     """
-    shape = _SHAPE_RANGES[dims]
+    shape = {name: by_dims[dims] for name, by_dims in _SHAPE_RANGES.items()}
     outer_axes = (
         size
         * rng.uniform(*shape["outer"])
