@@ -138,6 +138,20 @@ def test_tiny_foreground_classes_get_three_in_four_foreground_patches():
     assert plan.ids["class_names"] == ["class_1", "class_2"]
 
 
+def test_class_names_are_the_datalists_declared_labels():
+    cases = [_case((64, 64, 64), (1.0, 1.0, 1.0), [20, 20, 20], [0.9, 0.9, 0.9], {"1": 0.2, "2": 0.01})]
+    declared = dict(_fingerprint(cases, num_classes=3), class_names=["myocardium", "blood_pool"])
+    plan = plan_from_fingerprint(declared, "cpu")
+    assert plan.ids["class_names"] == ["myocardium", "blood_pool"]
+    assert "declared labels" in _reasons(plan)["class_names"]
+    # a declared class absent from the labeled cases keeps its name (the label space is the datalist's)
+    plan = plan_from_fingerprint(dict(declared, class_names=["a", "b", "c"]), "cpu")
+    assert plan.ids["class_names"] == ["a", "b", "c"] and "hold classes 1..2" in _reasons(plan)["class_names"]
+    # fewer names than the labels hold: the labels win, named by their values
+    plan = plan_from_fingerprint(dict(declared, class_names=["a"]), "cpu")
+    assert plan.ids["class_names"] == ["class_1", "class_2"] and "declares 1" in _reasons(plan)["class_names"]
+
+
 def test_same_fingerprint_same_plan_and_a_loadable_file(tmp_path):
     cases = [_case((128, 128, n), (1.0, 1.0, 1.0), [60, 58, 10], [0.6, 0.5, 0.3]) for n in (20, 36, 60)]
     first = plan_yaml(plan_from_fingerprint(_fingerprint(cases), "cpu"), "/d/datalist.json", "cpu")

@@ -12,7 +12,7 @@ label's voxel share). Two things it does not record are read here from the files
 
 The fingerprint is a plain JSON-able dict (so that tests can write one by hand):
 
-    {"modalities": [...], "num_classes": int,
+    {"modalities": [...], "num_classes": int, "class_names": [the datalist's declared labels] | None,
      "cases": [{"case", "labeled", "shape", "spacing", "ras_shape", "ras_spacing",
                 "fg_halfwidth_mm": [per stored axis] | None, "fg_slice_share": [per stored axis] | None,
                 "class_share": {"1": share of the image's voxels, ...} | None,
@@ -125,7 +125,7 @@ def dataset_fingerprint(
     from bundle_path import use_bundle_scripts
 
     use_bundle_scripts()
-    from scripts.data.datalist import load_datalist
+    from scripts.data.datalist import declared_names, load_datalist
 
     if not os.path.isfile(datalist_file):
         raise FileNotFoundError(f"datalist file not found: {datalist_file}")
@@ -156,4 +156,6 @@ def dataset_fingerprint(
     intensity = _analyze_intensities([c for c in pool if c["labeled"]], names)
     for m in names:
         intensity[m]["dtype"] = "/".join(sorted(dtypes[m]))
-    return {"modalities": names, "num_classes": num_classes, "cases": cases, "intensity": intensity}
+    class_names = declared_names(None, datalist_file, "labels", []) or None
+    return {"modalities": names, "num_classes": num_classes, "class_names": class_names, "cases": cases,
+            "intensity": intensity}

@@ -148,8 +148,15 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
     modalities = list(fp["modalities"])
     plan.decide("modalities", modalities, "the datalist's modalities, in its order")
     num_classes = int(fp["num_classes"])
-    plan.decide("class_names", [f"class_{i}" for i in range(1, num_classes)],
-                f"labels hold classes 1..{num_classes - 1} besides background (rename with --class_names)")
+    declared = list(fp.get("class_names") or [])
+    if len(declared) >= num_classes - 1:
+        found = "" if len(declared) == num_classes - 1 else f"; the labels found hold classes 1..{num_classes - 1}"
+        plan.decide("class_names", declared, f"the datalist's declared labels, in the order of their values{found}")
+    else:
+        more = f" (the datalist declares {len(declared)})" if declared else ""
+        plan.decide("class_names", [f"class_{i}" for i in range(1, num_classes)],
+                    f"labels hold classes 1..{num_classes - 1} besides background{more} (rename with --class_names)")
+    num_classes = len(plan.ids["class_names"]) + 1
 
     # ---- geometry
     two_d, shapes, spacings = _geometry(fp, plan)
