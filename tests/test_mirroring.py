@@ -45,3 +45,22 @@ def test_bad_axes_are_refused():
         MirroredInferer(SimpleInferer(), [0, 0])
     with pytest.raises(ValueError, match="cannot mirror axes"):
         MirroredInferer(SimpleInferer(), [2])(torch.zeros(1, 1, 4, 4), lambda t: t)
+
+
+def test_evaluate_and_inference_configs_wrap_their_inferer():
+    from monai.bundle import ConfigParser
+
+    from bundle_runner import CONFIGS
+
+    for files, key, base in (
+        (["train.yaml", "evaluate.yaml"], "validate#evaluator#inferer", "validate#inferer"),
+        (["inference.yaml"], "evaluator#inferer", "inferer"),
+    ):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / f) for f in files])
+        parser["test_time_mirror_axes"] = [0, 1]
+        inferer = parser.get_parsed_content(key)
+        assert isinstance(inferer, MirroredInferer) and inferer.spatial_axes == (0, 1)
+        assert type(inferer.inferer) is type(parser.get_parsed_content(base))
+        parser["test_time_mirror_axes"] = None
+        assert ConfigParser(parser.get()).get_parsed_content(key).spatial_axes == ()  # off by default: one pass
