@@ -179,6 +179,13 @@ def run_benchmark(
         raise ValueError("nothing to run: give --methods and --fractions, or --runs 'method@fraction'.")
     if int(jobs) < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}.")
+    names = sorted({m for m, _ in pairs} | {r["method"] for r in included})
+    if len(names) > 1 and baseline not in names:
+        # said before hours of training, not found in a report without its Δ column
+        similar = [n for n in names if n.endswith(f"+{baseline}")]
+        hint = f"; did you mean --baseline {similar[0]}?" if similar else ""
+        say(f"warning: --baseline {baseline!r} is none of the methods {names}: the report will have no paired "
+            f"differences and no '% of full supervision'{hint}")
     base = as_list(base_configs)
     out = Path(output).resolve()
     root = Path(runs_dir).resolve() if runs_dir else out.parent

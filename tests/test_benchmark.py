@@ -306,3 +306,17 @@ def test_one_command_builder_for_the_benchmark_tools(tmp_path):
         sys.executable, "-m", "monai.bundle", "run", "--config_file", '["a.yaml"]', "--resume", "false", "--x", "null"]
     with pytest.raises(FileNotFoundError, match="no config 'nope'"):
         sweep._command("nope", 0.2, tmp_path, {})
+
+
+def test_a_baseline_that_is_none_of_the_methods_is_warned_before_anything_runs(tmp_path, capsys):
+    rows = [_row("unet+supervised", 0.2, 0, {"a": 0.5}), _row("unet+weak_strong", 0.2, 0, {"a": 0.7})]
+    (tmp_path / "r.json").write_text(json.dumps({"runs": rows, "machine": {"platform": "linux"}}))
+    (tmp_path / "datalist.json").write_text("{}")
+    kwargs = dict(datalist=str(tmp_path / "datalist.json"), include=[str(tmp_path / "r.json")], num_bootstrap=10)
+    bench.run_benchmark(output=str(tmp_path / "merged.md"), **kwargs)  # baseline "supervised" by default
+    out = capsys.readouterr().out
+    assert "warning: --baseline 'supervised' is none of the methods" in out
+    assert "did you mean --baseline unet+supervised?" in out
+    bench.run_benchmark(output=str(tmp_path / "right.md"), baseline="unet+supervised", **kwargs)
+    assert "warning" not in capsys.readouterr().out
+    assert "+20.0 [" in (tmp_path / "right.md").read_text()
