@@ -269,7 +269,7 @@ class _Validator:
             for key, path, info, _ in usable[1:]:
                 problems.extend(
                     f"{where}: key {key}: {text}: {path}"
-                    for text in grid_problems(info, reference[2], ref_key, True, self.affine_atol)
+                    for text in grid_problems(info, reference[2], ref_key, stacked=True, affine_atol=self.affine_atol)
                 )
 
         # labels
@@ -283,7 +283,9 @@ class _Validator:
                     ref_key = reference[0].replace("'", "")
                     problems.extend(
                         f"{where}: key 'label': {text}: {path}"
-                        for text in grid_problems(info, reference[2], ref_key, False, self.affine_atol)
+                        for text in grid_problems(
+                            info, reference[2], ref_key, stacked=False, affine_atol=self.affine_atol
+                        )
                     )
         elif isinstance(label, list):
             by_index = {entry[3]: entry for entry in usable if entry[3] is not None}
@@ -303,7 +305,9 @@ class _Validator:
                 if target is not None:
                     problems.extend(
                         f"{where}: key {key}: {text}: {path}"
-                        for text in grid_problems(info, target[2], target[0].replace("'", ""), False, self.affine_atol)
+                        for text in grid_problems(
+                            info, target[2], target[0].replace("'", ""), stacked=False, affine_atol=self.affine_atol
+                        )
                     )
         return problems
 
@@ -341,11 +345,12 @@ class _Validator:
             return
         info.shape = shape
         header_ok = self._check_header(shape, affine, role, info)
-        # the file size is checked without reading the voxels; after reading them, only a .nii.gz's (read
-        # fine, a cut gzip trailer is still reported, as the headers-only check does)
-        check_size = not self.read_voxels or path.lower().endswith(".nii.gz")
-        if self.read_voxels and not self._check_voxels(img, path, role, info):
-            check_size = False
+        if self.read_voxels:
+            readable = self._check_voxels(img, path, role, info)
+            # data read fine: a cut gzip trailer is still reported, as the headers-only check does
+            check_size = readable and path.lower().endswith(".nii.gz")
+        else:
+            check_size = True
         if check_size:
             try:
                 problem = check_file_size(img, path)

@@ -159,7 +159,7 @@ class _ModalityMotionApplier(MapTransform):
         """The motion of each moving modality of a case of ``num_modalities`` images of ``shape``; None: leave it."""
         raise NotImplementedError
 
-    def move(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """``data`` with its modalities moved by :meth:`motions_for` (unchanged without an image)."""
         d = dict(data)
         geometry = self.image_geometry(d)
@@ -283,9 +283,6 @@ class ModalityMisalignd(_ModalityMotionApplier):
         motion = self.motion(len(shape))
         return {m: motion for m in self.moving_modalities(num_modalities)}
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        return self.move(data)
-
 
 class RandModalityMisalignd(RandomizableTransform, _ModalityMotionApplier):
     """
@@ -405,6 +402,3 @@ class RandModalityMisalignd(RandomizableTransform, _ModalityMotionApplier):
     def motions_for(self, num_modalities: int, shape: tuple[int, ...]) -> dict[int, ModalityMotion] | None:
         self.randomize(num_modalities, shape)
         return self.motions if self._do_transform else None
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        return self.move(data)

@@ -1,6 +1,10 @@
 # Copyright (c) the bundle authors. Licensed under the Apache License, Version 2.0.
 """Test-time mirroring: the prediction averaged over the input and its mirror images along the axes that
-training flips (nnU-Net's default inference, Isensee et al., Nature Methods 2021)."""
+training flips (nnU-Net's default inference, Isensee et al., Nature Methods 2021).
+
+Written here because MONAI's inferers have no mirroring, and ``monai.data.TestTimeAugmentation`` serves
+another purpose: random transforms drawn per pass, inverted through the transforms' records, for an
+uncertainty estimate; it does not enumerate the fixed mirror images."""
 
 from __future__ import annotations
 
