@@ -345,6 +345,9 @@ def test_declared_names_read_the_datalists_modalities_and_labels(tmp_path):
     assert declared_names(str(tmp_path), None, "labels", ["x"]) == ["gland", "zone"]  # <dataset_dir>/datalist.json
     path.write_text(json.dumps({"labels": {"background": 0, "myo": 1, "lv": 2}}))  # name -> value
     assert declared_names(None, str(path), "labels", ["x"]) == ["myo", "lv"]
+    # a label map that merged regions into one value (prepare_datalist brats2013 --label_map) names their union
+    path.write_text(json.dumps({"labels": {"background": 0, "necrosis": 1, "edema": 1, "enhancing": 1}}))
+    assert declared_names(None, str(path), "labels", ["x"]) == ["necrosis+edema+enhancing"]
     assert declared_names(None, str(path), "modalities", ["t1", "t2"]) == ["t1", "t2"]  # not declared
     assert declared_names(None, None, "labels", ["a", "b"]) == ["a", "b"]  # synthetic
     assert declared_names(None, str(tmp_path / "absent.json"), "labels", ["a"]) == ["a"]  # reported later

@@ -291,7 +291,7 @@ def declared_names(dataset_dir: str | None, datalist_file: str | None, key: str,
     """The names a datalist declares for itself, so that a run on it needs no ``--modalities`` or
     ``--class_names``: ``key="modalities"``: its top-level ``"modalities"`` list; ``key="labels"``: the
     class names of its ``"labels"`` map (``{"1": "gland", ...}`` as MSD writes it, or ``{"gland": 1, ...}``;
-    values 1..K; background, 0, left out).
+    values 1..K; background, 0, left out; several names of one value are joined with ``+``).
     ``default`` when there is no datalist (the synthetic dataset), it cannot be read (its loading reports
     why), or it declares nothing; the configs' ids given on the command line win over both.
 
@@ -313,17 +313,21 @@ def declared_names(dataset_dir: str | None, datalist_file: str | None, key: str,
         if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
             return list(value)
         raise DatalistError([f"{path}: key 'modalities': must be a non-empty list of names, got {value!r}"])
-    classes = None
+    classes: dict[int, list[str]] = {}
     for orient in (lambda k, v: (k, v), lambda k, v: (v, k)):  # {"1": "gland"} (MSD) or {"gland": 1}
         try:
-            pairs = [orient(k, v) for k, v in dict(value).items()]
-            classes = {int(number): str(name) for number, name in pairs if int(number) != 0}
+            classes = {}
+            for number, name in (orient(k, v) for k, v in dict(value).items()):
+                if int(number) != 0:
+                    classes.setdefault(int(number), []).append(str(name))
             break
         except (TypeError, ValueError):
-            continue
+            classes = {}
     if not classes or sorted(classes) != list(range(1, len(classes) + 1)):
         raise DatalistError([f"{path}: key 'labels': must map the label values 1..K to class names, got {value!r}"])
-    return [classes[k] for k in sorted(classes)]
+    # names that share a value (a preparation tool's label map merged them, e.g. BraTS's tumour
+    # regions into one whole tumour) name their union, in the order the datalist gives them
+    return ["+".join(classes[k]) for k in sorted(classes)]
 
 
 def _check_fraction(labeled_fraction: float) -> float:
