@@ -49,20 +49,21 @@ class Device:
     max_width: int
     max_iterations: int
     max_levels: int
-    # seconds per voxel of a labeled volume to choose its patches' centres: MONAI's
-    # RandCropByPosNegLabeld finds the foreground and background voxels of the whole (resampled)
-    # volume on every draw, in the training process itself on the CPU (no loader workers there); on a
-    # GPU machine loader workers overlap it with the passes
-    sampling_s_per_voxel: float = 0.0
+    # seconds per voxel of each volume an iteration draws (labeled and unlabeled): MONAI's CacheDataset
+    # copies the cached (resampled) volume before the random transforms, and RandCropByPosNegLabeld
+    # searches a labeled one for foreground and background on every draw. The training process does
+    # both itself on the CPU (no loader workers there); on a GPU machine loader workers overlap them
+    volume_s_per_voxel: float = 0.0
 
 
 DEVICES = {
-    # 2 CPU cores, torch threads = 2, measured on the project's 2-core machine: 2-D calibrated on a whole
-    # weak-to-strong iteration of the LGG plan (0.436 s for 8 slices of 128^2, augmentation included, of
-    # which 0.031 s is the search for foreground in its 4 labeled volumes of 128 x 128 x 36); 3-D from the
-    # network's passes alone (0.147 s for 2 x 48^3); the search for foreground: 13 ns per voxel (MONAI's
-    # RandCropByPosNegLabeld on a 240 x 240 x 155 and a 128 x 128 x 36 label, one thread)
-    "cpu": Device(128, 64, 8 * 128 * 128, 2 * 48 ** 3, 0.81e6, 1.5e6, 15.0, 20.0, 16, 256, 2000, 5, 13e-9),
+    # 2 CPU cores, torch threads = 2, measured on the project's 2-core machine, each run alone: the 2-D
+    # rate calibrated on a whole weak-to-strong iteration of the LGG plan (0.436 s for 8 slices of 128^2,
+    # augmentation included, of which 0.056 s is the handling of its 8 volumes of 128 x 128 x 36); the
+    # 3-D rate from the network's passes alone (0.147 s for 2 x 48^3); the per-voxel cost of a drawn
+    # volume from a whole weak-to-strong iteration of the BraTS plan (0.79 s, of which 0.42 s is its
+    # 4 volumes of 240 x 240 x 155: 12 ns per voxel)
+    "cpu": Device(128, 64, 8 * 128 * 128, 2 * 48 ** 3, 0.86e6, 1.5e6, 15.0, 20.0, 16, 256, 2000, 5, 12e-9),
     # one data-centre GPU (nnU-Net's 2-D and 3-D patch scales); the budget is not measured in this project
     "gpu": Device(512, 128, 12 * 256 * 256, 2 * 128 ** 3, 60e6, 40e6, 60.0, 90.0, 32, 320, 20000, 6),
 }
@@ -322,12 +323,13 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
     voxels = batch * samples * int(np.prod(roi))
     rate = dev.voxels_per_s_2d if two_d else dev.voxels_per_s_3d
     width_cost = (dev.first_width / 16.0) ** 2 if device == "cpu" else 1.0
-    # one planned volume (resampled, cropped, padded to the ROI), where each labeled draw looks for foreground
+    # one planned volume (resampled, cropped, padded to the ROI); an iteration draws `batch` labeled and
+    # as many unlabeled ones
     volume = float(np.prod([max(r, f / t) for r, f, t in zip(roi, fov_mm, target)]))
     if two_d:
         volume *= _median([sh[2] for sh in shapes])
-    sampling = batch * volume * dev.sampling_s_per_voxel
-    seconds = SEMI_COST * voxels * width_cost / rate + sampling
+    handling = 2 * batch * volume * dev.volume_s_per_voxel
+    seconds = SEMI_COST * voxels * width_cost / rate + handling
     minutes = dev.minutes_2d if two_d else dev.minutes_3d
     iterations = int(min(dev.max_iterations, max(ITERATIONS_PER_EPOCH, minutes * 60 / seconds)))
     iterations = iterations // ITERATIONS_PER_EPOCH * ITERATIONS_PER_EPOCH
@@ -335,7 +337,7 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
     plan.decide("epochs", epochs,
                 f"{iterations} iterations of {ITERATIONS_PER_EPOCH}: a semi-supervised iteration on {device} is estimated "
                 f"at {seconds:.2f} s ({SEMI_COST:g} supervised passes of {voxels} voxels"
-                f"{f', and {sampling:.2f} s to find the foreground of {batch} labeled volumes of {volume / 1e6:.2g} M voxels' if sampling >= 0.005 else ''}"
+                f"{f', and {handling:.2f} s to copy and sample {2 * batch} volumes of {volume / 1e6:.2g} M voxels' if handling >= 0.005 else ''}"
                 f"), so the run takes about "
                 f"{iterations * seconds / 60:.0f} min (budget {minutes:g} min, at most {dev.max_iterations} iterations)",
                 iterations_per_epoch=ITERATIONS_PER_EPOCH, val_interval=max(1, epochs // VALIDATIONS))
