@@ -330,15 +330,15 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
         volume *= _median([sh[2] for sh in shapes])
     handling = 2 * batch * volume * dev.volume_s_per_voxel
     seconds = SEMI_COST * voxels * width_cost / rate + handling
+    handling_why = (f", and {handling:.2f} s to copy and sample {2 * batch} volumes of {volume / 1e6:.2g} M voxels"
+                    if handling >= 0.005 else "")
     minutes = dev.minutes_2d if two_d else dev.minutes_3d
     iterations = int(min(dev.max_iterations, max(ITERATIONS_PER_EPOCH, minutes * 60 / seconds)))
     iterations = iterations // ITERATIONS_PER_EPOCH * ITERATIONS_PER_EPOCH
     epochs = iterations // ITERATIONS_PER_EPOCH
     plan.decide("epochs", epochs,
                 f"{iterations} iterations of {ITERATIONS_PER_EPOCH}: a semi-supervised iteration on {device} is estimated "
-                f"at {seconds:.2f} s ({SEMI_COST:g} supervised passes of {voxels} voxels"
-                f"{f', and {handling:.2f} s to copy and sample {2 * batch} volumes of {volume / 1e6:.2g} M voxels' if handling >= 0.005 else ''}"
-                f"), so the run takes about "
+                f"at {seconds:.2f} s ({SEMI_COST:g} supervised passes of {voxels} voxels{handling_why}), so the run takes about "
                 f"{iterations * seconds / 60:.0f} min (budget {minutes:g} min, at most {dev.max_iterations} iterations)",
                 iterations_per_epoch=ITERATIONS_PER_EPOCH, val_interval=max(1, epochs // VALIDATIONS))
     return plan
