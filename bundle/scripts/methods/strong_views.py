@@ -132,17 +132,36 @@ class SequenceDropout(nn.Module):
     After the bundle's per-sequence z-score normalisation, zero is a sequence's mean intensity, i.e. a
     sequence that carries no information.
 
+    Sequences named in ``always_keep`` are never dropped: where only one sequence shows the target (a
+    FLAIR abnormality, which the T1 scans barely show), a strong view without it would ask the network
+    to find the target where no input shows it, and teach it to guess. The planner
+    (``scripts/plan.py``) names such sequences from the dataset (bundle/docs/planning.md). The other
+    sequences are still dropped, so the network still learns to do without them.
+
     Args:
         prob: probability that a case loses sequences.
         max_dropped: most sequences dropped from one case; ``None``: ``M - 1``.
+        always_keep: names of sequences never dropped (from ``modalities``).
+        modalities: the sequence names in channel order; needed when ``always_keep`` is given.
     """
 
-    def __init__(self, prob: float = 0.5, max_dropped: int | None = None) -> None:
+    def __init__(
+        self,
+        prob: float = 0.5,
+        max_dropped: int | None = None,
+        always_keep: Sequence[str] = (),
+        modalities: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         self.prob = _check_probability("prob", prob)
         if max_dropped is not None and int(max_dropped) < 1:
             raise ValueError(f"max_dropped must be >= 1 or None, got {max_dropped}.")
         self.max_dropped = None if max_dropped is None else int(max_dropped)
+        always_keep = [always_keep] if isinstance(always_keep, str) else list(always_keep or ())
+        unknown = [n for n in always_keep if n not in list(modalities or [])]
+        if unknown:
+            raise ValueError(f"always_keep names {unknown}, which are not among the modalities {list(modalities or [])}.")
+        self.kept = sorted({list(modalities).index(n) for n in always_keep}) if always_keep else []
 
     def sample(
         self,
@@ -152,12 +171,18 @@ class SequenceDropout(nn.Module):
         present: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """A (B, M) boolean mask of the dropped sequences, drawn among ``present`` (B, M; None: all)."""
+        if self.kept and max(self.kept) >= num_sequences:
+            raise ValueError(f"always_keep refers to channel {max(self.kept)}, but the images have {num_sequences}.")
         dropped = torch.zeros(batch_size, num_sequences, dtype=torch.bool, device=device)
         for i in range(batch_size):
             have = torch.arange(num_sequences) if present is None else torch.nonzero(present[i].cpu()).flatten()
-            if len(have) < 2 or float(torch.rand(())) >= self.prob:
+            # a present sequence that must stay lets every other present one go; otherwise one must stay
+            keeps_one = any(int(h) in self.kept for h in have)
+            have = have[[int(h) not in self.kept for h in have]] if self.kept else have
+            most = len(have) if keeps_one else len(have) - 1
+            if most < 1 or float(torch.rand(())) >= self.prob:
                 continue
-            most = min(self.max_dropped or len(have) - 1, len(have) - 1)
+            most = min(self.max_dropped or most, most)
             k = int(torch.randint(1, most + 1, ()))
             dropped[i, have[torch.randperm(len(have))[:k]].to(device)] = True
         return dropped
