@@ -163,6 +163,57 @@ def test_tiny_foreground_classes_get_three_in_four_foreground_patches():
     assert plan.ids["class_names"] == ["class_1", "class_2"]
 
 
+def test_class_visibility_against_pairwise_counting():
+    from planning.fingerprint import class_visibility
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((12, 12, 3), dtype=np.uint8)
+    label[4:8, 4:8, 1] = 1
+    shows = np.where(label > 0, 100.0, 10.0) + rng.normal(0, 1, label.shape)      # never overlaps its ring
+    hides = rng.normal(50, 5, label.shape)                                           # class like its ring
+    dark = np.where(label > 0, 5.0, 60.0)                                           # darker: shown all the same
+    partial = rng.integers(0, 4, label.shape).astype(float) + 2.0 * label            # overlapping, with ties
+    scores = class_visibility([shows, hides, None, dark, partial], label, spacing=(1.0, 1.0, 5.0), ring_mm=2.0)
+    assert list(scores) == ["1"]
+    s = scores["1"]
+    assert s[0] == 1.0 and s[3] == 1.0 and s[2] is None and s[1] < 0.5
+    # the ring: every voxel within 2 mm of the class in 3-D with 5 mm slices, i.e. in-plane only
+    fg = label > 0
+    ring = np.zeros_like(fg)
+    for i, j in zip(*np.nonzero(fg[:, :, 1])):
+        for di in range(-2, 3):
+            for dj in range(-2, 3):
+                if di * di + dj * dj <= 4:
+                    ring[i + di, j + dj, 1] = True
+    ring &= ~fg
+    for image, score in ((hides, s[1]), (partial, s[4])):
+        a, b = image[fg], image[ring]
+        auc = ((a[:, None] > b[None, :]).sum() + 0.5 * (a[:, None] == b[None, :]).sum()) / (a.size * b.size)
+        assert score == pytest.approx(abs(2 * auc - 1), abs=1e-4)
+
+
+def _visible(scores):
+    case = _case((128, 128, 20), (1.0, 1.0, 1.0), [40, 40, 8], [0.5, 0.5, 0.4])
+    return dict(case, visibility={"1": scores})
+
+
+def test_a_sequence_that_alone_shows_a_class_is_never_dropped():
+    cases = [_visible([0.21, 0.84, 0.32]), _visible([0.25, 0.80, 0.35]), _visible([0.1, 0.9, 0.3])]
+    plan = plan_from_fingerprint(_fingerprint(cases, modalities=("pre", "flair", "post")))
+    assert plan.ids["strong_sequences_kept"] == ["flair"]
+    assert "only flair shows it" in _reasons(plan)["strong_sequences_kept"]
+    # a second sequence at half the clearest's separation shows the class too: nothing is kept
+    cases = [_visible([0.21, 0.84, 0.45]), _visible([0.25, 0.80, 0.42]), _visible([0.1, 0.9, 0.5])]
+    plan = plan_from_fingerprint(_fingerprint(cases, modalities=("pre", "flair", "post")))
+    assert plan.ids["strong_sequences_kept"] == []
+    assert "flair, post show it" in _reasons(plan)["strong_sequences_kept"]
+    # a class no sequence shows decides nothing; one-sequence cases (own grids) give no visibility
+    plan = plan_from_fingerprint(_fingerprint([_visible([0.05, 0.02, 0.01])], modalities=("pre", "flair", "post")))
+    assert plan.ids["strong_sequences_kept"] == [] and "no sequence shows it" in _reasons(plan)["strong_sequences_kept"]
+    plan = plan_from_fingerprint(_fingerprint([_case((128, 128, 20), (1.0, 1.0, 1.0))]))
+    assert plan.ids["strong_sequences_kept"] == [] and "own grids" in _reasons(plan)["strong_sequences_kept"]
+
+
 def test_class_names_are_the_datalists_declared_labels():
     cases = [_case((64, 64, 64), (1.0, 1.0, 1.0), [20, 20, 20], [0.9, 0.9, 0.9], {"1": 0.2, "2": 0.01})]
     declared = dict(_fingerprint(cases, num_classes=3), class_names=["myocardium", "blood_pool"])

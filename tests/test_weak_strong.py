@@ -93,6 +93,30 @@ def test_sequence_dropout_zeroes_exactly_the_chosen_channels():
     assert not SequenceDropout(prob=1.0).sample(5, 1).any(), "a single sequence is never dropped"
 
 
+def test_sequence_dropout_never_drops_a_kept_sequence():
+    names = ["pre", "flair", "post"]
+    torch.manual_seed(0)
+    masks = SequenceDropout(prob=1.0, always_keep=["flair"], modalities=names).sample(400, 3)
+    assert not masks[:, 1].any(), "the kept sequence is never dropped"
+    # with flair kept, both other sequences may go at once (flair stays), and each case loses one or two
+    assert set(masks.sum(dim=1).tolist()) == {1, 2} and masks[:, 0].any() and masks[:, 2].any()
+    # a case without its kept sequence still keeps one of the sequences it has
+    present = torch.tensor([[True, False, True]] * 200)
+    masks = SequenceDropout(prob=1.0, always_keep=["flair"], modalities=names).sample(200, 3, present=present)
+    assert masks.sum(dim=1).eq(1).all() and not masks[:, 1].any()
+    # only a kept sequence beside one other: the other may go
+    present = torch.tensor([[False, True, True]] * 50)
+    masks = SequenceDropout(prob=1.0, always_keep=["flair"], modalities=names).sample(50, 3, present=present)
+    assert masks[:, 2].all() and not masks[:, :2].any()
+    # with nothing kept the draws are the same as before the option existed (a resumed run continues them)
+    torch.manual_seed(3)
+    plain = SequenceDropout(prob=0.5).sample(64, 3)
+    torch.manual_seed(3)
+    assert torch.equal(SequenceDropout(prob=0.5, always_keep=[], modalities=names).sample(64, 3), plain)
+    with pytest.raises(ValueError, match="t1ce"):
+        SequenceDropout(always_keep=["t1ce"], modalities=names)
+
+
 def test_intensity_perturbation_is_independent_per_sequence():
     torch.manual_seed(0)
     image = torch.randn(2, 3, 16, 16)

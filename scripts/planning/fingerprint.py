@@ -2,13 +2,16 @@
 
 Intensity and class statistics of the labeled cases come from MONAI Auto3DSeg's ``DataAnalyzer``
 (per case: each modality's intensity percentiles over the image and over the foreground, and each
-label's voxel share). Two things it does not record are read here from the files themselves:
+label's voxel share). What it does not record is read here from the files themselves:
 
 - the geometry of every training-pool case, labeled or not, from the NIfTI header alone (shape,
   voxel size, RAS order, stored data type);
 - where the foreground lies: per labeled case and stored axis, the largest distance (mm) of a
   foreground voxel from the image centre, and the share of slices along each axis that hold any
-  foreground.
+  foreground;
+- which sequences show each class (``visibility``): per labeled case with two or more sequences on the
+  label's grid, class and sequence, how well the class's intensities separate from those of a ring
+  around it (``class_visibility``).
 
 The fingerprint is a plain JSON-able dict (so that tests can write one by hand):
 
@@ -16,7 +19,8 @@ The fingerprint is a plain JSON-able dict (so that tests can write one by hand):
      "cases": [{"case", "labeled", "shape", "spacing", "ras_shape", "ras_spacing",
                 "fg_halfwidth_mm": [per stored axis] | None, "fg_slice_share": [per stored axis] | None,
                 "class_share": {"1": share of the image's voxels, ...} | None,
-                "largest_component_share": {"1": share of the class's voxels in its largest component, ...}}],
+                "largest_component_share": {"1": share of the class's voxels in its largest component, ...},
+                "visibility": {"1": [per modality: how well it shows the class, or None where missing], ...} | None}],
      "intensity": {modality: {"dtype": "uint8", "p00_5", "p99_5", "mean", "std" (all voxels, medians
                    over cases), "fg_p00_5", "fg_p99_5", "fg_mean", "fg_std" (foreground voxels, pooled)}}}
 """
@@ -30,9 +34,12 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, stats
 
-__all__ = ["dataset_fingerprint", "case_geometry", "label_geometry"]
+__all__ = ["dataset_fingerprint", "case_geometry", "label_geometry", "class_visibility"]
+
+# the ring around a class that its intensities are compared with, in mm (at least one voxel)
+RING_MM = 5.0
 
 
 def case_geometry(path: str) -> dict[str, Any]:
@@ -77,6 +84,54 @@ def label_geometry(path: str, spacing: Sequence[float]) -> dict[str, Any]:
         slice_share.append(float(len(present)) / label.shape[axis])
     return {"fg_halfwidth_mm": [round(h, 3) for h in halfwidth], "fg_slice_share": [round(s, 4) for s in slice_share],
             "class_share": share, "largest_component_share": largest}
+
+
+def class_visibility(images: Sequence[np.ndarray | None], label: np.ndarray, spacing: Sequence[float],
+                     ring_mm: float = RING_MM) -> dict[str, list[float | None]]:
+    """How well each image shows each class of ``label`` (all on one grid): ``|2 AUC - 1|`` of the class's
+    voxel intensities against those of the voxels within ``ring_mm`` around it (its other side, whatever
+    class). AUC is the Mann-Whitney probability that a class voxel is brighter than a ring voxel, so the
+    score is 0 when the two cannot be told apart and 1 when they never overlap, either way round; ranks
+    make it independent of any monotone intensity scaling. ``None`` for a missing image (``None``)."""
+    out: dict[str, list[float | None]] = {}
+    spacing = [float(s) for s in spacing]
+    reach = max(float(ring_mm), 1.01 * min(spacing))
+    for c in np.unique(label):
+        if c <= 0:
+            continue
+        mask = label == c
+        # only the class's bounding box grown by the ring is needed: large volumes stay cheap
+        where = np.nonzero(mask)
+        box = tuple(slice(max(0, int(w.min()) - int(np.ceil(reach / s)) - 1), int(w.max()) + int(np.ceil(reach / s)) + 2)
+                    for w, s in zip(where, spacing))
+        inside = mask[box]
+        ring = ~inside & (ndimage.distance_transform_edt(~inside, sampling=spacing) <= reach)
+        scores: list[float | None] = []
+        for image in images:
+            if image is None or not ring.any():
+                scores.append(None)
+                continue
+            a, b = image[box][inside].astype(np.float64), image[box][ring].astype(np.float64)
+            ranks = stats.rankdata(np.concatenate([a, b]))
+            auc = (ranks[: a.size].sum() - a.size * (a.size + 1) / 2.0) / (a.size * b.size)
+            scores.append(round(abs(2.0 * auc - 1.0), 4))
+        out[str(int(c))] = scores
+    return out
+
+
+def _case_visibility(files: Sequence[str | None], label_path: str, spacing: Sequence[float]) -> dict | None:
+    """:func:`class_visibility` of a case's sequences, when two or more lie on its label's grid."""
+    if sum(1 for p in files if p) < 2:
+        return None
+    label = np.asarray(nib.load(label_path).dataobj)
+    label = label.reshape(label.shape[:3])
+    images = []
+    for path in files:
+        image = None if not path else np.asarray(nib.load(path).dataobj)
+        if image is not None and (image.ndim < 3 or image.shape[:3] != label.shape or image.size != label.size):
+            return None  # not on the label's grid (the datalist checks say why); nothing to compare here
+        images.append(None if image is None else image.reshape(label.shape))
+    return class_visibility(images, label, spacing)
 
 
 def _analyze_intensities(cases: list[dict], modalities: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -151,6 +206,7 @@ def dataset_fingerprint(
         entry.pop("dtype")
         if c["labeled"]:
             entry.update(label_geometry(c["label"], entry["spacing"]))
+            entry["visibility"] = _case_visibility(files, c["label"], entry["spacing"])
             num_classes = max([num_classes] + [int(k) + 1 for k in entry["class_share"]])
         cases.append(entry)
     intensity = _analyze_intensities([c for c in pool if c["labeled"]], names)

@@ -29,6 +29,9 @@ CROP_MARGIN_MM, CROP_MARGIN_SHARE = 8.0, 0.1
 ONE_STRUCTURE = 0.9
 # no crop when it would keep at least this share of the image
 NO_CROP_SHARE = 0.8
+# a sequence shows a class when its visibility score (fingerprint.class_visibility, median over cases) is at
+# least this share of the clearest sequence's; a class no sequence shows at VISIBLE_FLOOR is not judged
+SHOWS_SHARE, VISIBLE_FLOOR = 0.5, 0.1
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,48 @@ def _geometry(fp: dict[str, Any], plan: Plan) -> tuple[bool, list[list[int]], li
             shapes.append(list(c["ras_shape"]))
             spacings.append(list(c["ras_spacing"]))
     return two_d, shapes, spacings
+
+
+def _sequences_kept(fp: dict[str, Any], plan: Plan) -> None:
+    """The sequences that the strong views' sequence dropout never drops: those that alone show a class."""
+    modalities = list(fp["modalities"])
+    per_class: dict[str, list[list[float]]] = {}
+    for c in fp["cases"]:
+        for k, scores in (c.get("visibility") or {}).items():
+            per_class.setdefault(k, [[] for _ in modalities])
+            for m, v in enumerate(scores):
+                if v is not None:
+                    per_class[k][m].append(float(v))
+    if len(modalities) < 2 or not per_class:
+        why = ("one sequence: nothing to drop" if len(modalities) < 2 else
+               "no labeled case has two sequences on its label's grid (own grids): sequence dropout finds no second "
+               "sequence in a view")
+        plan.decide("strong_sequences_kept", [], why)
+        return
+    names = plan.ids.get("class_names") or []
+    kept, lines = [], []
+    for k in sorted(per_class, key=int):
+        score = {m: _median(v) for m, v in zip(modalities, per_class[k]) if v}
+        label = names[int(k) - 1] if 0 < int(k) <= len(names) else f"class {k}"
+        described = ", ".join(f"{m} {v:.2f}" for m, v in score.items())
+        best = max(score.values())
+        if best < VISIBLE_FLOOR:
+            lines.append(f"{label}: no sequence shows it ({described})")
+            continue
+        shows = [m for m, v in score.items() if v >= SHOWS_SHARE * best]
+        if len(shows) == 1:
+            kept += [m for m in shows if m not in kept]
+            lines.append(f"{label}: only {shows[0]} shows it ({described})")
+        else:
+            lines.append(f"{label}: {', '.join(shows)} show it ({described})")
+    if kept:
+        effect = (f"strong views never drop {', '.join(kept)}: without it no input shows that class, and the network "
+                  "would learn to guess it; the other sequences are still dropped")
+    else:
+        effect = "every class is shown by two or more sequences: sequence dropout draws among all of them"
+    plan.decide("strong_sequences_kept", [m for m in modalities if m in kept],
+                f"{'; '.join(lines)} (separation of a class's intensities from a ring around it, |2 AUC - 1|, median "
+                f"over the labeled cases; a sequence shows a class at >= {SHOWS_SHARE:g} of the clearest's): {effect}")
 
 
 def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
@@ -308,6 +353,8 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
             schemes.append({"scheme": "zscore", "lower": 1.0, "upper": 99.0})
             lines.append(f"{name}: MR-like, no physical unit: per image, clip to its 1-99th percentiles, then z-score")
     plan.decide("intensity_schemes", schemes, "; ".join(lines))
+
+    _sequences_kept(fp, plan)
 
     # ---- network: a UNet as deep as the ROI allows
     smallest = min(roi)
