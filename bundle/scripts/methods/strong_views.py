@@ -160,7 +160,9 @@ class SequenceDropout(nn.Module):
         always_keep = [always_keep] if isinstance(always_keep, str) else list(always_keep or ())
         unknown = [n for n in always_keep if n not in list(modalities or [])]
         if unknown:
-            raise ValueError(f"always_keep names {unknown}, which are not among the modalities {list(modalities or [])}.")
+            raise ValueError(
+                f"always_keep names {unknown}, which are not among the modalities {list(modalities or [])}."
+            )
         self.kept = sorted({list(modalities).index(n) for n in always_keep}) if always_keep else []
 
     def sample(
