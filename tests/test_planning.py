@@ -197,11 +197,17 @@ def _visible(scores):
     return dict(case, visibility={"1": scores})
 
 
-def test_a_sequence_that_alone_shows_a_class_is_never_dropped():
+def test_a_sequence_that_alone_shows_a_class_is_never_dropped(tmp_path):
     cases = [_visible([0.21, 0.84, 0.32]), _visible([0.25, 0.80, 0.35]), _visible([0.1, 0.9, 0.3])]
     plan = plan_from_fingerprint(_fingerprint(cases, modalities=("pre", "flair", "post")))
     assert plan.ids["strong_sequences_kept"] == ["flair"]
     assert "only flair shows it" in _reasons(plan)["strong_sequences_kept"]
+    # the written plan reaches the strong views of a weak-to-strong run
+    path = tmp_path / "plan.yaml"
+    path.write_text(plan_yaml(plan, "d.json", "cpu"))
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in ("train.yaml", "planned.yaml", "unet.yaml", "weak_strong.yaml")] + [str(path)])
+    assert parser.get_parsed_content("strong_view").sequence_dropout.kept == [1]
     # a second sequence at half the clearest's separation shows the class too: nothing is kept
     cases = [_visible([0.21, 0.84, 0.45]), _visible([0.25, 0.80, 0.42]), _visible([0.1, 0.9, 0.5])]
     plan = plan_from_fingerprint(_fingerprint(cases, modalities=("pre", "flair", "post")))
