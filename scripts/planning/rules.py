@@ -185,8 +185,9 @@ def _sequences_kept(fp: dict[str, Any], plan: Plan) -> None:
     else:
         effect = "every class is shown by two or more sequences: sequence dropout draws among all of them"
     plan.decide("strong_sequences_kept", [m for m in modalities if m in kept],
-                f"{'; '.join(lines)} (separation of a class's intensities from a ring around it, |2 AUC - 1|, median "
-                f"over the labeled cases; a sequence shows a class at >= {SHOWS_SHARE:g} of the clearest's): {effect}")
+                f"how well each sequence shows each class (|2 AUC - 1| of the class's intensities against a ring "
+                f"around it, median over the labeled cases; a sequence shows a class at >= {SHOWS_SHARE:g} of the "
+                f"clearest's): {'; '.join(lines)}. So {effect}")
 
 
 def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
