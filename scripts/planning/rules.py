@@ -159,8 +159,8 @@ def _sequences_kept(fp: dict[str, Any], plan: Plan) -> None:
                     per_class[k][m].append(float(v))
     if len(modalities) < 2 or not per_class:
         why = ("one sequence: nothing to drop" if len(modalities) < 2 else
-               "no labeled case has two sequences on its label's grid (own grids): sequence dropout finds no second "
-               "sequence in a view")
+               "no labeled case has two sequences on its label's grid (own grids, or incomplete cases): nothing to "
+               "judge, sequence dropout draws among the sequences a case has")
         plan.decide("strong_sequences_kept", [], why)
         return
     names = plan.ids.get("class_names") or []
@@ -183,7 +183,7 @@ def _sequences_kept(fp: dict[str, Any], plan: Plan) -> None:
         effect = (f"strong views never drop {', '.join(kept)}: without it no input shows that class, and the network "
                   "would learn to guess it; the other sequences are still dropped")
     else:
-        effect = "every class is shown by two or more sequences: sequence dropout draws among all of them"
+        effect = "no class is shown by one sequence alone: sequence dropout draws among all of them"
     plan.decide("strong_sequences_kept", [m for m in modalities if m in kept],
                 f"how well each sequence shows each class (|2 AUC - 1| of the class's intensities against a ring "
                 f"around it, median over the labeled cases; a sequence shows a class at >= {SHOWS_SHARE:g} of the "
