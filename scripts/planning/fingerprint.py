@@ -112,8 +112,8 @@ def class_visibility(images: Sequence[np.ndarray | None], label: np.ndarray, spa
                 scores.append(None)
                 continue
             a, b = image[box][inside].astype(np.float64), image[box][ring].astype(np.float64)
-            ranks = stats.rankdata(np.concatenate([a, b]))
-            auc = (ranks[: a.size].sum() - a.size * (a.size + 1) / 2.0) / (a.size * b.size)
+            # scipy's U of the first sample (midranks for ties) over all pairs is the AUC; the p-value is unused
+            auc = stats.mannwhitneyu(a, b, method="asymptotic").statistic / (a.size * b.size)
             scores.append(round(abs(2.0 * auc - 1.0), 4))
         out[str(int(c))] = scores
     return out
@@ -128,7 +128,7 @@ def _case_visibility(files: Sequence[str | None], label_path: str, spacing: Sequ
     images = []
     for path in files:
         image = None if not path else np.asarray(nib.load(path).dataobj)
-        if image is not None and (image.ndim < 3 or image.shape[:3] != label.shape or image.size != label.size):
+        if image is not None and (image.shape[:3] != label.shape or image.size != label.size):
             return None  # not on the label's grid (the datalist checks say why); nothing to compare here
         images.append(None if image is None else image.reshape(label.shape))
     return class_visibility(images, label, spacing)
