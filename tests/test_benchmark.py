@@ -122,6 +122,19 @@ def test_timer_counts_the_time_before_a_resume(tmp_path):
     assert again.save() >= 100.0
 
 
+def test_timer_stopped_saves_the_same_time_it_returned(tmp_path, monkeypatch):
+    """CI caught the row's train_s (13.1) and the saved one (13.2) differ: the final save of the
+    trained command measured the clock again. After stop(), every save records the returned time."""
+    clock = iter([10.0, 23.14, 23.19, 99.0])  # start, stop, later reads that must not count
+    monkeypatch.setattr("benchmarking.runs.time.perf_counter", lambda: next(clock))
+    timer = Timer(tmp_path, "train_s")
+    timer.stop()
+    returned = timer.save()
+    timer.save(trained_command="cmd")
+    saved = json.loads((tmp_path / "benchmark_time.json").read_text())
+    assert returned == saved["train_s"] == 13.1 and saved["trained_command"] == "cmd"
+
+
 def test_help_prints_help():
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "benchmark.py"), "--help"],
                           capture_output=True, text=True, timeout=120, env=dict(os.environ, PAGER="cat"))

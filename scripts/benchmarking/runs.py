@@ -70,11 +70,18 @@ class Timer:
         self.before = float(saved.get(key, 0.0))
         self.attempts = int(saved.get(f"{key}_attempts", 0)) + 1
         self.start = time.perf_counter()
+        self.stopped: float | None = None
+
+    def stop(self) -> None:
+        """Freeze the clock: later saves (e.g. adding the trained command) record the same time."""
+        self.stopped = time.perf_counter()
 
     def save(self, **extra) -> float:
-        total = self.before + time.perf_counter() - self.start
+        """Save the accumulated seconds (rounded to 0.1 s, as returned) with ``extra`` fields."""
+        now = time.perf_counter() if self.stopped is None else self.stopped
+        total = round(self.before + now - self.start, 1)
         saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        saved.update({self.key: round(total, 1), f"{self.key}_attempts": self.attempts, **extra})
+        saved.update({self.key: total, f"{self.key}_attempts": self.attempts, **extra})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(json.dumps(saved).encode("utf-8"), self.path)
         return total
@@ -96,6 +103,7 @@ def run_logged(cmd: list[str], what: str, log: Path, timer: Timer) -> float:
         while proc.poll() is None:
             time.sleep(1.0)
             timer.save()
+    timer.stop()
     seconds = timer.save()
     if proc.returncode != 0:
         tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
