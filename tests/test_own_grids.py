@@ -173,6 +173,7 @@ def own_grid_data(tmp_path_factory):
         (["unet.yaml", "weak_strong.yaml"], "loss_unsup"),  # the strong view of one sequence
         (["cmc.yaml"], "loss_sup"),
         (["cmc_strong_views.yaml"], "loss_cac_strong"),  # a head against itself across views
+        (["cmc_weak_strong.yaml"], "loss_unsup"),  # each head on the strong view of its own sequence
         (["semicml.yaml"], "loss_prel"),  # the teacher's own sequence
     ],
 )
@@ -290,6 +291,8 @@ def test_training_patches_keep_each_sequences_own_grid(own_grid_data):
         (("train.yaml", "planned.yaml", "unpaired.yaml", "unet.yaml", "weak_strong.yaml"), 0.99),
         (("train.yaml", "unet.yaml", "weak_strong.yaml"), None),
         (("train.yaml", "planned.yaml", "unet.yaml", "weak_strong.yaml"), None),
+        (("train.yaml", "unpaired.yaml", "cmc_weak_strong.yaml"), 0.99),  # the same term inside CMC
+        (("train.yaml", "cmc_weak_strong.yaml"), None),
     ],
 )
 def test_weak_strong_takes_pseudo_labels_from_an_ema_teacher_on_own_grids_only(stack, expected):
@@ -303,7 +306,6 @@ def test_weak_strong_takes_pseudo_labels_from_an_ema_teacher_on_own_grids_only(s
     parser = ConfigParser()
     parser.read_config([str(BUNDLE / "configs" / c) for c in stack])
     assert parser.get_parsed_content("ws_ema_decay") == expected
-    method_config = parser.get("method")
-    assert method_config["ema_decay"] == "@ws_ema_decay"
+    assert parser.get("weak_strong_method")["ema_decay"] == "@ws_ema_decay"
     parser["ws_ema_decay"] = 0.9
     assert parser.get_parsed_content("ws_ema_decay") == 0.9

@@ -479,3 +479,78 @@ def test_cmc_cross_view_pairs_only_the_sequences_a_case_has():
 def test_cmc_strong_views_bundle_run(tmp_path):
     proc = run_bundle(tiny_train_args(tmp_path, "train.yaml", "cmc_strong_views.yaml", iterations=2))
     assert "loss_cac_strong" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- CMC with the weak-to-strong term
+def _cmc_weak_strong(ws_weight=0.4, view=None, threshold=0.5, start=0.0):
+    from scripts.losses import AnatomicalConsistencyLoss, ChannelSemanticConsistencyLoss
+    from scripts.methods.cmc_weak_strong import CMCWeakStrongMethod
+
+    ws = WeakStrongConsistencyMethod(
+        supervised_loss=MultiHeadSupervisedLoss(), pseudo_label_loss=ConfidenceMaskedPseudoLabelLoss(),
+        strong_view=view if view is not None else StrongView(),
+        unsupervised_schedule=SigmoidRampUp(ws_weight, length=0, start=start), threshold=threshold,
+    )
+    return CMCWeakStrongMethod(
+        weak_strong=ws, supervised_loss=MultiHeadSupervisedLoss(),
+        csc_loss=ChannelSemanticConsistencyLoss(temperature=0.5), cac_loss=AnatomicalConsistencyLoss(),
+        csc_schedule=SigmoidRampUp(0.1, length=0), cac_schedule=SigmoidRampUp(0.5, length=0),
+    )
+
+
+def test_cmc_weak_strong_adds_the_weighted_pseudo_label_term_of_the_fused_weak_prediction():
+    torch.manual_seed(0)
+    net = CMCNet(spatial_dims=2, num_modalities=2, out_channels=3, channels=(4, 8))
+    image, label, unlabeled = torch.randn(2, 2, 8, 8), torch.randint(0, 3, (2, 1, 8, 8)).float(), torch.randn(2, 2, 8, 8)
+    view = StrongView(intensity=SequenceIntensityPerturbation(prob=1.0))
+    method = _cmc_weak_strong(0.4, view, threshold=0.5)
+    torch.manual_seed(7)
+    out = method.step(net, image, label, unlabeled, epoch=1.0)
+    # independent computation: plain CMC; the fused prediction of the weak view (the network's own
+    # forward in eval mode); the same strong view (same draws); every head against the pseudo-label
+    torch.manual_seed(7)
+    from scripts.methods.cmc import CMCMethod
+
+    plain = CMCMethod.step(method, net, image, label, unlabeled, epoch=1.0)
+    net.eval()
+    with torch.no_grad():
+        probs = torch.softmax(net(unlabeled), dim=1)
+    net.train()
+    pseudo, mask = probs.argmax(1, keepdim=True), (probs.max(1, keepdim=True).values >= 0.5).float()
+    assert 0 < float(mask.mean()) < 1, "the threshold must matter on these inputs"
+    strong_image = view(unlabeled)[0]
+    heads, _ = net.forward_modalities(strong_image)
+    loss = ConfidenceMaskedPseudoLabelLoss()
+    term = float(torch.stack([loss(h, pseudo, mask) for h in heads]).mean())
+    assert float(out.terms["loss_unsup"]) == pytest.approx(term, rel=1e-4)
+    assert float(out.terms["stat_confident"]) == pytest.approx(float(mask.mean()))
+    assert float(out.loss) == pytest.approx(float(plain.loss) + 0.4 * term, rel=1e-4)
+    for wrong in (float(plain.loss) - 0.4 * term, float(plain.loss), 0.4 * term):
+        assert abs(float(out.loss) - wrong) > 1e-4
+    assert {"loss_sup", "loss_csc", "loss_cac", "loss_unsup", "weight_unsup"} <= set(out.terms)
+    out.loss.backward()
+    assert float(net.fusion.proj.conv.weight.grad.abs().sum()) > 0
+
+
+def test_cmc_weak_strong_keeps_cmc_unchanged_before_the_weak_strong_term_starts():
+    torch.manual_seed(0)
+    net = CMCNet(spatial_dims=2, num_modalities=2, out_channels=3, channels=(4, 8))
+    image, label, unlabeled = torch.randn(2, 2, 8, 8), torch.randint(0, 3, (2, 1, 8, 8)).float(), torch.randn(2, 2, 8, 8)
+    method = _cmc_weak_strong(start=5.0)
+    from scripts.methods.cmc import CMCMethod
+
+    out = method.step(net, image, label, unlabeled, epoch=1.0)
+    assert float(out.loss) == pytest.approx(float(CMCMethod.step(method, net, image, label, unlabeled, 1.0).loss))
+    assert "loss_unsup" not in out.terms and method.uses_unlabeled_at(1.0)
+    with pytest.raises(TypeError, match="WeakStrongConsistencyMethod"):
+        type(method)(weak_strong=nn.Identity(), supervised_loss=MultiHeadSupervisedLoss(), csc_loss=None,
+                     cac_loss=None, csc_schedule=None, cac_schedule=None)
+
+
+def test_cmc_weak_strong_bundle_run_keeps_the_ema_teacher_in_the_checkpoint(tmp_path):
+    args = tiny_train_args(tmp_path, "train.yaml", "cmc_weak_strong.yaml", iterations=2)
+    proc = run_bundle(args + ["--ws_threshold", "0.0", "--ws_ema_decay", "0.9"])
+    text = proc.stdout + proc.stderr
+    assert "loss_unsup" in text and "loss_cac" in text and "loss_csc" in text
+    state = torch.load(next((tmp_path / "out").glob("training_state*.pt")), map_location="cpu", weights_only=True)
+    assert int(state["method"]["weak_strong.teacher.n_averaged"]) == 2  # followed every optimizer step

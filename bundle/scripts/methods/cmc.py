@@ -84,7 +84,7 @@ class CMCMethod(SemiSupervisedMethod):
         return epoch >= self.semi_start_epoch
 
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
-        semi = self.uses_unlabeled_at(epoch)
+        semi = epoch >= self.semi_start_epoch  # not the hook: a subclass may need unlabeled data earlier
         labeled_logits, unlabeled_logits, labeled_features, unlabeled_features = self.forward_joint(
             network, image, unlabeled if semi else None
         )

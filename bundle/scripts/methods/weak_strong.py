@@ -138,6 +138,31 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         # before the schedule starts the unlabeled term has weight 0: no unlabeled batch is needed
         return float(self.unsupervised_schedule(epoch)) > 0.0
 
+    def strong_views(self, network: nn.Module, unlabeled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """The weak view's pseudo-label and confidence mask, and ``num_strong_views`` strong views of
+        ``unlabeled``, each ``(image, pseudo_label, mask)`` moved with it."""
+        pseudo_label, mask = self.pseudo_labels(network, unlabeled)
+        return pseudo_label, mask, [self.strong_view(unlabeled, pseudo_label, mask) for _ in range(self.num_strong_views)]
+
+    def unlabeled_loss(
+        self, network: nn.Module, unlabeled: torch.Tensor, pseudo_label: torch.Tensor, mask: torch.Tensor,
+        views: list, strong_logits: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """The unweighted unsupervised term and its parts for logging, from the heads' logits on the
+        strong views concatenated along the batch (``strong_logits``, one tensor per head)."""
+        n = unlabeled.shape[0]
+        unsup_terms = []
+        for i, (_, view_label, view_mask) in enumerate(views):
+            unsup_terms.append(self._heads_loss([x[i * n : (i + 1) * n] for x in strong_logits], view_label, view_mask))
+        terms: dict[str, torch.Tensor | float] = {"loss_strong": torch.stack(unsup_terms).mean()}
+        if self.feature_dropout > 0:
+            fp = self._heads_loss(self._feature_perturbed_heads(network, unlabeled), pseudo_label, mask)
+            unsup_terms.append(fp)
+            terms["loss_feature_perturbed"] = fp
+        unsup = torch.stack(unsup_terms).mean()
+        terms.update(loss_unsup=unsup, stat_confident=mask.mean())
+        return unsup, terms
+
     def step(self, network, image, label, unlabeled, epoch) -> StepOutput:
         weight = float(self.unsupervised_schedule(epoch)) if unlabeled is not None else 0.0
         if weight == 0.0:
@@ -145,21 +170,10 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
             sup = self.supervised_loss(logits, label)
             return StepOutput(loss=sup, terms={"loss_sup": sup}, pred=self.mean_of_heads(network, logits))
 
-        pseudo_label, mask = self.pseudo_labels(network, unlabeled)
-        views = [self.strong_view(unlabeled, pseudo_label, mask) for _ in range(self.num_strong_views)]
+        pseudo_label, mask, views = self.strong_views(network, unlabeled)
         strong = torch.cat([v[0] for v in views], dim=0)
         labeled_logits, strong_logits, _, _ = self.forward_joint(network, image, strong)
         sup = self.supervised_loss(labeled_logits, label)
-        n = unlabeled.shape[0]
-        unsup_terms = []
-        for i, (_, view_label, view_mask) in enumerate(views):
-            unsup_terms.append(self._heads_loss([x[i * n : (i + 1) * n] for x in strong_logits], view_label, view_mask))
-        terms: dict[str, torch.Tensor | float] = {"loss_sup": sup, "loss_strong": torch.stack(unsup_terms).mean()}
-        if self.feature_dropout > 0:
-            fp = self._heads_loss(self._feature_perturbed_heads(network, unlabeled), pseudo_label, mask)
-            unsup_terms.append(fp)
-            terms["loss_feature_perturbed"] = fp
-        unsup = torch.stack(unsup_terms).mean()
-        loss = sup + weight * unsup
-        terms.update(loss_unsup=unsup, weight_unsup=weight, stat_confident=mask.mean())
-        return StepOutput(loss=loss, terms=terms, pred=self.mean_of_heads(network, labeled_logits))
+        unsup, terms = self.unlabeled_loss(network, unlabeled, pseudo_label, mask, views, strong_logits)
+        terms = {"loss_sup": sup, **terms, "weight_unsup": weight}
+        return StepOutput(loss=sup + weight * unsup, terms=terms, pred=self.mean_of_heads(network, labeled_logits))
