@@ -142,11 +142,20 @@ class WeakStrongConsistencyMethod(SemiSupervisedMethod):
         """The weak view's pseudo-label and confidence mask, and ``num_strong_views`` strong views of
         ``unlabeled``, each ``(image, pseudo_label, mask)`` moved with it."""
         pseudo_label, mask = self.pseudo_labels(network, unlabeled)
-        return pseudo_label, mask, [self.strong_view(unlabeled, pseudo_label, mask) for _ in range(self.num_strong_views)]
+        return (
+            pseudo_label,
+            mask,
+            [self.strong_view(unlabeled, pseudo_label, mask) for _ in range(self.num_strong_views)],
+        )
 
     def unlabeled_loss(
-        self, network: nn.Module, unlabeled: torch.Tensor, pseudo_label: torch.Tensor, mask: torch.Tensor,
-        views: list, strong_logits: list[torch.Tensor],
+        self,
+        network: nn.Module,
+        unlabeled: torch.Tensor,
+        pseudo_label: torch.Tensor,
+        mask: torch.Tensor,
+        views: list,
+        strong_logits: list[torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """The unweighted unsupervised term and its parts for logging, from the heads' logits on the
         strong views concatenated along the batch (``strong_logits``, one tensor per head)."""
