@@ -18,6 +18,7 @@ codes are written to a separate folder (``--label_dir``).
     python scripts/prepare_datalist.py amos --data_dir /data/amos22 --pairing none
     python scripts/prepare_datalist.py folders --data_dir /data/mrus --modalities "['mr','trus']" \
         --own_grids true --label_suffix _gland
+    python scripts/prepare_datalist.py folds /data/lgg/datalist.json --num_folds 4   # cross-validation
 
 Common options: ``--output`` (default ``<data_dir>/datalist.json``), ``--num_validation`` /
 ``--validation_fraction``, ``--num_testing`` / ``--testing_fraction`` (default: fraction 0.2 each),

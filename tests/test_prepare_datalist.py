@@ -677,3 +677,94 @@ def test_folders_on_shared_prostate_mrus(tmp_path):
     assert all(set(c["label"]) == {"mr", "trus"} for c in patients)
     loaded = load_datalist(str(out), own_grids=True)
     assert sum(len(loaded[s]) for s in SPLITS) == 2 * 68
+
+
+# ------------------------------------------------------------------------------ cross-validation folds
+def _fold_source(tmp_path: Path, n_training: int = 10, n_validation: int = 3) -> Path:
+    """A datalist with relative paths (files need not exist: folds only moves cases between splits)."""
+    def case(c: str, labeled: bool = True) -> dict:
+        return {"case": c, "t1": f"img/{c}_t1.nii.gz", **({"label": f"lab/{c}.nii.gz"} if labeled else {})}
+
+    content = {
+        "name": "toy", "modalities": ["t1"], "labels": {"0": "background", "1": "lesion"},
+        "preparation": {"tool": "hand-written", "seed": 7},
+        "training": [case(f"p{i:02d}") for i in range(n_training)],
+        "validation": [case(f"v{i}") for i in range(n_validation)],
+        "unlabeled": [case("u0", labeled=False)],
+        "testing": [case("t0"), case("t1")],
+    }
+    path = tmp_path / "datalist.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_folds_partition_the_labeled_cases_and_keep_the_rest(tmp_path):
+    source = _fold_source(tmp_path)
+    original = json.loads(source.read_text())
+    paths = prep.folds(str(source), num_folds=4, seed=0)
+    assert paths == [str(tmp_path / f"datalist_fold{k}.json") for k in range(4)]
+    labeled = {c["case"]: c for s in ("training", "validation") for c in original[s]}
+    seen = []
+    for k, path in enumerate(paths):
+        fold = json.loads(Path(path).read_text())
+        validation = [c["case"] for c in fold["validation"]]
+        training = [c["case"] for c in fold["training"]]
+        seen += validation
+        # each fold trains on every labeled case it does not validate on, entries copied whole
+        assert sorted(training + validation) == sorted(labeled) and not set(training) & set(validation)
+        assert all(c == labeled[c["case"]] for c in fold["training"] + fold["validation"])
+        for key in ("name", "modalities", "labels", "unlabeled", "testing"):
+            assert fold[key] == original[key], key
+        assert fold["preparation"]["tool"] == "hand-written"
+        assert fold["preparation"]["cross_validation"] == {
+            "source": str(source), "fold": k, "num_folds": 4, "seed": 0}
+        # relative paths still resolve: the folds lie in the source's folder
+        loaded = load_datalist(path, check_files=False)
+        assert loaded["training"][0]["image"][0] == str(tmp_path / "img" / f"{training[0]}_t1.nii.gz")
+    # every labeled case is validated exactly once, in parts of 13 // 4 or one more
+    assert sorted(seen) == sorted(labeled)
+    assert sorted(len(json.loads(Path(p).read_text())["validation"]) for p in paths) == [3, 3, 3, 4]
+    assert json.loads(source.read_text()) == original  # the source is not touched
+
+
+def test_folds_depend_on_the_case_set_and_seed_only(tmp_path):
+    ids = [f"c{i:02d}" for i in range(11)]
+    parts = prep.fold_split(ids, 3, seed=5)
+    assert parts == prep.fold_split(list(reversed(ids)), 3, seed=5)
+    assert parts != prep.fold_split(ids, 3, seed=6)
+    # independent computation of the rule: sorted ids, numpy's permutation of the seed, contiguous cuts
+    order = np.random.default_rng(5).permutation(11)
+    assert parts == [sorted(ids[i] for i in order[a:b]) for a, b in ((0, 4), (4, 8), (8, 11))]
+    source = _fold_source(tmp_path)
+    first = [Path(p).read_bytes() for p in prep.folds(str(source), num_folds=3, seed=1)]
+    again = [Path(p).read_bytes() for p in prep.folds(str(source), num_folds=3, seed=1, overwrite=True)]
+    assert first == again
+
+
+def test_folds_report_every_problem_and_write_nothing(tmp_path, capsys):
+    source = _fold_source(tmp_path, n_training=2, n_validation=0)
+    content = json.loads(source.read_text())
+    content["training"].append({"label": "lab/x.nii.gz"})  # no case id, no image to derive it from
+    content["training"].append({"t1": "img/p05_t1.nii.gz", "label": "lab/p05.nii.gz"})  # id p05, derived
+    content["training"].append(dict(content["training"][0]))  # duplicate id
+    content["testing"].append(dict(content["training"][1]))  # a test case that also trains
+    source.write_text(json.dumps(content))
+    (tmp_path / "datalist_fold1.json").write_text("{}")
+    with pytest.raises(prep.PreparationError) as err:
+        prep.folds(str(source), num_folds=3)
+    message = str(err.value)
+    assert "training[2] has no case id" in message and "p05" not in message
+    assert "case p00 appears twice" in message
+    assert "case p01 is both a test case and a training/validation case" in message
+    assert "datalist_fold1.json already exists" in message
+    assert not (tmp_path / "datalist_fold0.json").exists()
+    assert (tmp_path / "datalist_fold1.json").read_text() == "{}"
+    # too few cases for the folds, a bad count, and the command line's exit status
+    small = _fold_source(tmp_path / "small", n_training=2, n_validation=0)
+    with pytest.raises(prep.PreparationError, match="2 training and validation cases cannot make 3 folds"):
+        prep.folds(str(small), num_folds=3)
+    assert prep.main(["folds", str(small), "--num_folds", "1"]) == 2
+    assert "--num_folds must be a whole number >= 2, got 1" in capsys.readouterr().err
+    assert prep.main(["folds", str(small), "--num_folds", "2"]) == 0
+    assert (tmp_path / "small" / "datalist_fold1.json").exists()

@@ -9,7 +9,8 @@ family on one shared base:
 - ``msd``: Medical Segmentation Decathlon task folders (dataset.json, multi-channel images);
 - ``amos``: AMOS 2022 (unpaired CT and MRI scans: one case per scan, or paired per split);
 - ``folders``: any dataset with one folder per case and ``<case>_<modality>`` files, co-registered
-  (one label per case) or on their own grids (one label per sequence), cases may lack sequences.
+  (one label per case) or on their own grids (one label per sequence), cases may lack sequences;
+- ``folds``: cross-validation folds of a datalist already written (its test cases untouched).
 
 The top-level ``scripts/`` folder is not a package: this one is imported with that folder on
 ``sys.path`` (see ``bundle_path.py``).
@@ -19,6 +20,7 @@ from .amos import amos
 from .base import PreparationError, select_labeled, split_cases
 from .brats import brats2013, brats2021
 from .folders import folders
+from .folds import fold_split, folds
 from .msd import msd
 from .myops import MYOPS_LABELS, MYOPS_PATHOLOGY_LABELS, myops
 
@@ -34,6 +36,8 @@ __all__ = [
     "msd",
     "amos",
     "folders",
+    "fold_split",
+    "folds",
 ]
 
 #: the sub-commands of the command line, by name.
@@ -44,4 +48,5 @@ COMMANDS = {
     "msd": msd,
     "amos": amos,
     "folders": folders,
+    "folds": folds,
 }
