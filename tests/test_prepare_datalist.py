@@ -241,8 +241,11 @@ def test_sub_commands_keep_their_command_line():
     }
     heading = {"myops": "MyoPS 2020", "brats2013": "BRATS 2013/2015", "brats2021": "BraTS 2021-2023",
                "msd": "Medical Segmentation Decathlon", "amos": "AMOS 2022", "folders": "Case folders"}
-    assert list(prep.COMMANDS) == list(own)
-    for name, command in prep.COMMANDS.items():
+    # the dataset sub-commands, then `folds`, which reads a datalist instead of a dataset
+    assert list(prep.COMMANDS) == [*own, "folds"]
+    assert list(inspect.signature(prep.COMMANDS["folds"]).parameters) == ["datalist", "num_folds", "seed", "overwrite"]
+    for name in own:
+        command = prep.COMMANDS[name]
         parameters = inspect.signature(command).parameters
         assert list(parameters) == ["data_dir", "output", *own[name], *shared], name
         assert parameters["data_dir"].default is inspect.Parameter.empty
