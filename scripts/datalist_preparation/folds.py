@@ -101,17 +101,18 @@ def folds(datalist: str, num_folds: int = 5, seed: int = 0, overwrite: bool = Fa
     problems: list[str] = []
     overwrite = _to_bool(overwrite, "overwrite", "folds")
     datalist = os.path.abspath(os.path.expanduser(str(datalist)))
-    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+    count_ok = isinstance(num_folds, int) and not isinstance(num_folds, bool) and num_folds >= 2
+    if not count_ok:
         problems.append(f"--num_folds must be a whole number >= 2, got {num_folds!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         problems.append(f"--seed must be a whole number, got {seed!r}")
     content = _read(datalist, problems)
     cases = _labeled_cases(content, datalist, problems) if content is not None else {}
-    if content is not None and not problems and len(cases) < num_folds:
+    if content is not None and count_ok and len(cases) < num_folds:
         problems.append(f"{datalist}: {len(cases)} training and validation cases cannot make {num_folds} folds "
                         "(each fold needs a validation case)")
     stem = os.path.splitext(datalist)[0]
-    outputs = [f"{stem}_fold{k}.json" for k in range(num_folds if isinstance(num_folds, int) else 0)]
+    outputs = [f"{stem}_fold{k}.json" for k in range(num_folds)] if count_ok and num_folds <= len(cases) else []
     for path in outputs:
         if os.path.isdir(path):
             problems.append(f"output fold {path} is a folder")
