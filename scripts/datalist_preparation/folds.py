@@ -18,7 +18,7 @@ import numpy as np
 
 from .base import PreparationError, _to_bool, atomic_write_bytes
 
-from scripts.data.datalist_case import derive_case_id  # noqa: E402 - base put the bundle on sys.path
+from scripts.data.datalist_case import case_id_from_files  # noqa: E402 - base put the bundle on sys.path
 
 LABELED_SPLITS = ("training", "validation")
 
@@ -54,12 +54,7 @@ def _case_id(entry: Any, modalities: list[str]) -> str | None:
         return None
     if entry.get("case") is not None:
         return entry["case"] if isinstance(entry["case"], str) and entry["case"].strip() else None
-    image = entry.get("image")
-    if image is not None and modalities:
-        first = image[0] if isinstance(image, list) and image else image
-        return derive_case_id(first, modalities[0], per_modality=isinstance(image, list))
-    present = [m for m in modalities if entry.get(m) is not None]
-    return derive_case_id(entry[present[0]], present[0], per_modality=True) if present else None
+    return case_id_from_files(entry, modalities)
 
 
 def _labeled_cases(content: dict[str, Any], datalist: str, problems: list[str]) -> dict[str, dict]:

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any
 
-__all__ = ["MissingFileProblem", "derive_case_id", "list_order", "normalise_case"]
+__all__ = ["MissingFileProblem", "case_id_from_files", "derive_case_id", "list_order", "normalise_case"]
 
 # splits whose cases must have a label; labels found in "unlabeled" are dropped
 _LABELED_SPLITS = ("training", "validation")
@@ -65,6 +65,20 @@ def derive_case_id(first_path: Any, first_modality: str, per_modality: bool) -> 
     return stem or None
 
 
+def case_id_from_files(raw: dict[str, Any], modalities: list[str]) -> str | None:
+    """The id of a case without a ``case`` key, derived from its first image file: the first path of
+    ``"image"`` (a list is one path per modality, so its ``_<modality>`` suffix goes), or else the file of
+    the first modality the case names. ``None`` if there is no such file."""
+    image = raw.get("image")
+    if image is not None:
+        if not modalities:
+            return None
+        first = image[0] if isinstance(image, list) and image else image
+        return derive_case_id(first, modalities[0], per_modality=isinstance(image, list))
+    present = [m for m in modalities if raw.get(m) is not None]
+    return derive_case_id(raw[present[0]], present[0], per_modality=True) if present else None
+
+
 def normalise_case(
     raw: Any,
     split: str,
@@ -94,11 +108,7 @@ def normalise_case(
         problems.append(f"{split} case #{position}: key 'case': expected a non-empty string, got {case_id!r}")
         case_id = None
     if case_id is None:
-        if image is not None:
-            first = image[0] if isinstance(image, list) and image else image
-            case_id = derive_case_id(first, modalities[0], per_modality=isinstance(image, list))
-        elif present:
-            case_id = derive_case_id(raw[present[0]], present[0], per_modality=True)
+        case_id = case_id_from_files(raw, modalities)
     where = f"{split} case {str(case_id)!r}" if case_id else f"{split} case #{position}"
     case: dict[str, Any] = {"case": case_id if case_id else f"#{position}"}
 
