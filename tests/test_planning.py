@@ -132,6 +132,58 @@ def test_the_budget_counts_the_handling_of_large_volumes():
     assert iterations["small"] == 2000 and iterations["large"] < 2000
 
 
+def _zero_padded(nonzero, outside=0, shape=(240, 240, 155)):
+    ras = (shape, (1.0, 1.0, 1.0))
+    return [dict(_case(shape, (1.0, 1.0, 1.0), [100, 100, 70], [0.2, 0.2, 0.2], ras=ras), case=f"p{i}",
+                 content_ras_shape=list(nonzero), fg_outside_content=outside if i == 1 else 0) for i in range(3)]
+
+
+def test_zero_padded_volumes_are_cropped_to_their_content():
+    # a skull-stripped brain: its content fills 140 x 170 x 140 of 240 x 240 x 155 voxels (37%)
+    cropped = plan_from_fingerprint(_fingerprint(_zero_padded((140, 170, 140))), "cpu")
+    assert cropped.ids["crop_to_content"] is True and cropped.ids["crop_fov_mm"] is None
+    assert "37% of the image" in _reasons(cropped)["crop_to_content"]
+    # the time a drawn volume costs is that of the box: 4 volumes of 140 x 170 x 140 instead of 240 x 240 x 155
+    whole = plan_from_fingerprint(_fingerprint(_zero_padded((240, 240, 155))), "cpu")
+    assert whole.ids["crop_to_content"] is False and "fills 100% of an image" in _reasons(whole)["crop_to_content"]
+    seconds = {n: float(_reasons(p)["epochs"].split("estimated at ")[1].split(" s")[0]) for n, p in (("c", cropped), ("w", whole))}
+    cost = DEVICES["cpu"].volume_s_per_voxel
+    assert seconds["w"] - seconds["c"] == pytest.approx(4 * (240 * 240 * 155 - 140 * 170 * 140) * cost, abs=0.011)
+    assert cropped.ids["epochs"] > whole.ids["epochs"]
+    # labeled voxels outside a case's content box: no crop, and the case is named
+    cut = plan_from_fingerprint(_fingerprint(_zero_padded((140, 170, 140), outside=12)), "cpu")
+    assert cut.ids["crop_to_content"] is False and "p1" in _reasons(cut)["crop_to_content"]
+    # 2-D plans are not cropped
+    stacks = [dict(_case((128, 128, 12), (1.0, 1.0, 8.0), [60, 58, 40], [0.6, 0.5, 0.3]), content_ras_shape=[60, 60, 12])]
+    assert plan_from_fingerprint(_fingerprint(stacks), "cpu").ids["crop_to_content"] is False
+
+
+def test_content_extent_from_hand_made_images(tmp_path):
+    from planning.fingerprint import content_extent
+
+    from scripts.data.image_content import above_background
+
+    a = np.zeros((20, 10, 6), np.float32)  # zero background (skull-stripped)
+    a[3:9, 2:5, 1:4] = 1.0
+    b = np.full((20, 10, 6), -3.6, np.float32)  # a z-scored export: its background is its minimum, not zero
+    b[12, 7, 2] = 0.5
+    missing = np.zeros((20, 10, 6), np.float32)  # constant: no content
+    label = np.zeros((20, 10, 6), np.uint8)
+    label[4, 3, 2] = 1
+    label[15, 1, 5] = 1  # outside the box of a and b (rows 3..12, columns 2..7, slices 1..3)
+    for name, data in (("a", a), ("b", b), ("m", missing), ("l", label)):
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / f"{name}.nii.gz"))
+    files = [str(tmp_path / f"{n}.nii.gz") for n in ("a", "m", "b")]
+    assert content_extent(files, str(tmp_path / "l.nii.gz")) == {"content_shape": [10, 6, 3], "fg_outside_content": 1}
+    assert content_extent(files[:1]) == {"content_shape": [6, 3, 3]}
+    assert content_extent(files[1:2]) == {"content_shape": [20, 10, 6]}  # nothing above the background: the whole image
+    # the transform's mask is the same, per channel, for arrays and tensors
+    stacked = np.stack([a, missing, b])
+    mask = above_background(stacked)
+    assert mask.shape == stacked.shape and mask[0].sum() == 54 and not mask[1].any() and mask[2].sum() == 1
+    assert torch.equal(above_background(torch.from_numpy(stacked)), torch.from_numpy(mask))
+
+
 def test_ct_intensities_get_a_foreground_window():
     ct = {"dtype": "int16", "p00_5": -1024.0, "p99_5": 1500.0, "mean": -400.0, "std": 500.0,
           "fg_p00_5": -50.0, "fg_p99_5": 250.0, "fg_mean": 80.0, "fg_std": 60.0}
@@ -290,7 +342,7 @@ def test_thin_axis_and_slice_axis_last_for_isotropic_headers():
 # written plans, end to end
 
 
-def _write_dataset(folder: Path, shape, spacing, n_cases=6, modalities=("t1", "flair"), dtype=np.float32) -> Path:
+def _write_dataset(folder: Path, shape, spacing, n_cases=6, modalities=("t1", "flair"), dtype=np.float32, zero_border=0) -> Path:
     rng = np.random.default_rng(1)
     affine = np.diag(list(spacing) + [1.0])
     cases = []
@@ -300,7 +352,11 @@ def _write_dataset(folder: Path, shape, spacing, n_cases=6, modalities=("t1", "f
         centre = [s // 2 for s in shape]
         label[centre[0] - 4 : centre[0] + 4, centre[1] - 5 : centre[1] + 3, max(0, centre[2] - 3) : centre[2] + 2] = 1
         for m, name in enumerate(modalities):
-            img = rng.normal(60.0 + 10 * m, 10.0, size=shape) + 40.0 * label
+            img = np.clip(rng.normal(60.0 + 10 * m, 10.0, size=shape) + 40.0 * label, 1, 255)
+            if zero_border:  # zero-padded, as skull-stripped volumes are
+                inner = np.zeros(shape, dtype=bool)
+                inner[tuple(slice(zero_border, s - zero_border) for s in shape)] = True
+                img[~inner] = 0
             path = folder / f"p{i}_{name}.nii.gz"
             nib.save(nib.Nifti1Image(np.clip(img, 0, 255).astype(dtype), affine), str(path))
             case[name] = path.name
@@ -328,11 +384,15 @@ def _plan_tool():
 @pytest.mark.parametrize("geometry", ["stack", "volume"])
 def test_planned_run_trains_evaluates_and_infers(tmp_path, geometry):
     shape, spacing = ((48, 48, 10), (1.0, 1.0, 1.0)) if geometry == "stack" else ((40, 40, 36), (1.5, 1.5, 1.5))
-    datalist = _write_dataset(tmp_path, shape, spacing, dtype=np.uint8 if geometry == "stack" else np.float32)
+    # the volumes are zero-padded (4 voxels each side): the plan crops them to their content, and
+    # inference must pad the prediction back onto the input's grid
+    datalist = _write_dataset(tmp_path, shape, spacing, dtype=np.uint8 if geometry == "stack" else np.float32,
+                              zero_border=0 if geometry == "stack" else 4)
     plan = tmp_path / "plan.yaml"
     _plan_tool().main(str(datalist), output=str(plan), device="cpu")
     ids = yaml.safe_load(plan.read_text())
     assert ids["spatial_dims"] == (2 if geometry == "stack" else 3)
+    assert ids["crop_to_content"] is (geometry == "volume")
     with pytest.raises(SystemExit, match="exists"):
         _plan_tool().main(str(datalist), output=str(plan), device="cpu")  # never overwritten silently
     stack = ["train.yaml", "planned.yaml", "unet.yaml", "weak_strong.yaml"]
@@ -359,12 +419,22 @@ def test_planned_run_trains_evaluates_and_infers(tmp_path, geometry):
     seg = nib.load(str(tmp_path / "seg" / "p5_seg.nii.gz"))
     ref = nib.load(str(tmp_path / source["t1"]))
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
+    if geometry == "volume":  # padded back: the zero border outside the cropped box is background
+        inner = np.zeros(seg.shape, dtype=bool)
+        inner[4:-4, 4:-4, 4:-4] = True
+        assert np.asarray(seg.dataobj)[~inner].max() == 0 and np.asarray(seg.dataobj)[inner].max() == 1
 
 
-def test_planned_inference_preprocessing_matches_training_validation(tmp_path):
-    cases = [_case((128, 128, n), (1.0, 1.0, 1.0), [60, 58, 10], [0.6, 0.5, 0.3]) for n in (20, 36, 60)]
+@pytest.mark.parametrize("geometry", ["stack", "zero-padded volume"])
+def test_planned_inference_preprocessing_matches_training_validation(tmp_path, geometry):
+    if geometry == "stack":
+        cases = [_case((128, 128, n), (1.0, 1.0, 1.0), [60, 58, 10], [0.6, 0.5, 0.3]) for n in (20, 36, 60)]
+    else:
+        cases = _zero_padded((140, 170, 140))
+    planned = plan_from_fingerprint(_fingerprint(cases), "cpu")
+    assert planned.ids["crop_to_content"] is (geometry != "stack")
     plan = tmp_path / "plan.yaml"
-    plan.write_text(plan_yaml(plan_from_fingerprint(_fingerprint(cases), "cpu"), "d.json", "cpu"))
+    plan.write_text(plan_yaml(planned, "d.json", "cpu"))
     train, infer = ConfigParser(), ConfigParser()
     train.read_config([str(CONFIGS / c) for c in ("train.yaml", "planned.yaml", "unet.yaml")] + [str(plan)])
     infer.read_config([str(CONFIGS / c) for c in ("inference.yaml", "planned_inference.yaml", "unet.yaml")] + [str(plan)])
@@ -375,7 +445,9 @@ def test_planned_inference_preprocessing_matches_training_validation(tmp_path):
         return [(type(t).__name__, repr({k: getattr(t, k) for k in ("thin_ratio", "schemes", "min_ratio") if hasattr(t, k)}))
                 for t in transforms[names.index("EnsureTyped") + 1 :]]
 
-    assert after_reading(infer, "preprocessing") == after_reading(train, "validate#preprocessing")
+    steps = after_reading(infer, "preprocessing")
+    assert steps == after_reading(train, "validate#preprocessing")
+    assert (steps[0][0] == "CropForegroundd") is (geometry != "stack")
     assert type(infer.get_parsed_content("inferer")).__name__ == type(train.get_parsed_content("validate#inferer")).__name__
     assert infer.get_parsed_content("network_def").state_dict().keys() == train.get_parsed_content("network_def").state_dict().keys()
 

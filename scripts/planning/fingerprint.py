@@ -9,6 +9,9 @@ label's voxel share). What it does not record is read here from the files themse
 - where the foreground lies: per labeled case and stored axis, the largest distance (mm) of a
   foreground voxel from the image centre, and the share of slices along each axis that hold any
   foreground;
+- where the images have content (``content_extent``): per case, the bounding box of the voxels above their
+  sequence's minimum in any of its sequences (skull-stripped or zero-padded data leave much of the image
+  at a constant background), and per labeled case how many foreground voxels lie outside that box;
 - which sequences show each class (``visibility``): per labeled case with two or more sequences on the
   label's grid, class and sequence, how well the class's intensities separate from those of a ring
   around it (``class_visibility``).
@@ -18,6 +21,8 @@ The fingerprint is a plain JSON-able dict (so that tests can write one by hand):
     {"modalities": [...], "num_classes": int, "class_names": [the datalist's declared labels] | None,
      "cases": [{"case", "labeled", "shape", "spacing", "ras_shape", "ras_spacing",
                 "fg_halfwidth_mm": [per stored axis] | None, "fg_slice_share": [per stored axis] | None,
+                "content_shape": [per stored axis], "content_ras_shape": [per RAS axis],
+                "fg_outside_content": foreground voxels outside the content box (labeled cases),
                 "class_share": {"1": share of the image's voxels, ...} | None,
                 "largest_component_share": {"1": share of the class's voxels in its largest component, ...},
                 "visibility": {"1": [per modality: how well it shows the class, or None where missing], ...} | None}],
@@ -36,7 +41,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, stats
 
-__all__ = ["dataset_fingerprint", "case_geometry", "label_geometry", "class_visibility"]
+__all__ = ["dataset_fingerprint", "case_geometry", "label_geometry", "class_visibility", "content_extent"]
 
 # the ring around a class that its intensities are compared with, in mm (at least one voxel)
 RING_MM = 5.0
@@ -52,11 +57,48 @@ def case_geometry(path: str) -> dict[str, Any]:
     ras_axes = [order.index(r) for r in range(3)] if sorted(order) == [0, 1, 2] else [0, 1, 2]
     return {
         "shape": shape,
+        "ras_axes": ras_axes,
         "spacing": [round(s, 6) for s in spacing],
         "ras_shape": [shape[a] for a in ras_axes],
         "ras_spacing": [round(spacing[a], 6) for a in ras_axes],
         "dtype": str(img.get_data_dtype()),
     }
+
+
+def content_extent(paths: Sequence[str | None], label_path: str | None = None) -> dict[str, Any]:
+    """The bounding box of the voxels above their own file's minimum in any of ``paths`` (the files of one
+    case on one grid; a file of another shape is not counted), as its size per stored axis
+    (``content_shape``), and, with ``label_path``, how many foreground voxels of the label lie outside
+    it (``fg_outside_content``). An image with no such voxel keeps its whole shape. This is the box that
+    planned.yaml's ``crop_to_content`` crops to (``scripts.data.image_content.above_background``)."""
+    from scripts.data.image_content import above_background
+
+    shape, mask = None, None
+    for path in paths:
+        if not path:
+            continue
+        data = np.asarray(nib.load(path).dataobj)
+        data = data.reshape(data.shape[:3] + (-1,)) if data.ndim > 3 else data[..., None]
+        if shape is None:
+            shape = data.shape[:3]
+        if data.shape[:3] != shape:
+            continue
+        content = above_background(np.moveaxis(data, -1, 0)).any(axis=0)
+        mask = content if mask is None else mask | content
+    if mask is None:
+        raise ValueError(f"no image among {list(paths)}")
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append((int(present[0]), int(present[-1]) + 1) if present.size else (0, shape[axis]))
+    out: dict[str, Any] = {"content_shape": [hi - lo for lo, hi in box]}
+    if label_path:
+        label = np.asarray(nib.load(label_path).dataobj)
+        fg = label.reshape(label.shape[:3]) > 0
+        if fg.shape == shape:
+            inside = fg[tuple(slice(lo, hi) for lo, hi in box)].sum()
+            out["fg_outside_content"] = int(fg.sum() - inside)
+    return out
 
 
 def label_geometry(path: str, spacing: Sequence[float]) -> dict[str, Any]:
@@ -204,6 +246,9 @@ def dataset_fingerprint(
             if path:
                 dtypes[m].add(case_geometry(path)["dtype"] if path != first else entry["dtype"])
         entry.pop("dtype")
+        extent = content_extent(files, c["label"] if c["labeled"] else None)
+        ras_axes = entry.pop("ras_axes")
+        entry.update(extent, content_ras_shape=[extent["content_shape"][a] for a in ras_axes])
         if c["labeled"]:
             entry.update(label_geometry(c["label"], entry["spacing"]))
             entry["visibility"] = _case_visibility(files, c["label"], entry["spacing"])

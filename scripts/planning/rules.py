@@ -27,7 +27,8 @@ MAX_COARSENING = 2.0
 CROP_MARGIN_MM, CROP_MARGIN_SHARE = 8.0, 0.1
 # a class whose largest connected component holds this share of its voxels (median case) is one structure
 ONE_STRUCTURE = 0.9
-# no crop when it would keep at least this share of the image
+# no crop when it would keep at least this share of the image (the field-of-view crop, and the crop to
+# the images' content)
 NO_CROP_SHARE = 0.8
 # a sequence shows a class when its visibility score (fingerprint.class_visibility, median over cases) is at
 # least this share of the clearest sequence's; a class no sequence shows at VISIBLE_FLOOR is not judged
@@ -147,6 +148,39 @@ def _geometry(fp: dict[str, Any], plan: Plan) -> tuple[bool, list[list[int]], li
     return two_d, shapes, spacings
 
 
+def _content_crop(fp: dict[str, Any], two_d: bool, shapes: list[list[int]], plan: Plan) -> list[list[int]]:
+    """Whether every image is first cropped to the box of its content, the voxels above the sequence's
+    constant background (nnU-Net's crop to the non-zero region; planned.yaml's ``crop_to_content``), and
+    the planned shapes after it (RAS, 3-D plans)."""
+    if two_d:
+        plan.decide("crop_to_content", False, "2-D plans sample whole slices of small stacks: images are not cropped "
+                    "to their content (not measured for 2-D here)")
+        return shapes
+    if not all(c.get("content_ras_shape") for c in fp["cases"]):
+        plan.decide("crop_to_content", False, "the fingerprint lacks some case's content box: images are not cropped")
+        return shapes
+    cropped = [list(c["content_ras_shape"]) for c in fp["cases"]]
+    share = _median([np.prod(n) / np.prod(s) for n, s in zip(cropped, shapes)])
+    outside = [c["case"] for c in fp["cases"] if c.get("labeled") and c.get("fg_outside_content")]
+    if share >= NO_CROP_SHARE:
+        plan.decide("crop_to_content", False, f"the box of the voxels above each sequence's background (its minimum) "
+                    f"fills {share:.0%} of an image (median; a crop is worth it below {NO_CROP_SHARE:.0%}): images are "
+                    "not cropped")
+        return shapes
+    if outside:
+        named = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
+        plan.decide("crop_to_content", False, f"the box of the voxels above each sequence's background fills {share:.0%} "
+                    f"of an image (median), but labeled voxels lie outside it in {named}: a crop would cut them, so "
+                    "images are not cropped")
+        return shapes
+    plan.decide("crop_to_content", True, f"the voxels above each sequence's constant background (its minimum: zero "
+                f"outside a skull-stripped brain, or padding) fill a box of {share:.0%} of the image (median), and every "
+                "labeled voxel lies in it: each image is first cropped to that box (nnU-Net's crop to the non-zero "
+                "region; inference pads the prediction back), so the field of view, the ROI and the time a drawn "
+                "volume costs are those of the box")
+    return cropped
+
+
 def _sequences_kept(fp: dict[str, Any], plan: Plan) -> None:
     """The sequences that the strong views' sequence dropout never drops: those that alone show a class."""
     modalities = list(fp["modalities"])
@@ -214,6 +248,7 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
 
     # ---- geometry
     two_d, shapes, spacings = _geometry(fp, plan)
+    shapes = _content_crop(fp, two_d, shapes, plan)
     n_axes = 2 if two_d else 3
     if two_d:
         inplane = _median([s for sp in spacings for s in sp[:2]])
@@ -235,7 +270,10 @@ def plan_from_fingerprint(fp: dict[str, Any], device: str = "cpu") -> Plan:
             else:
                 need.append(max(hw))
     crop_mm = None
-    if need:
+    if plan.ids["crop_to_content"]:
+        # the foreground's distances were measured from the uncropped image's centre
+        crop_why = "the images are cropped to their content first: no centred field-of-view crop besides"
+    elif need:
         half = max(need) * (1.0 + CROP_MARGIN_SHARE) + CROP_MARGIN_MM
         if 2 * half < NO_CROP_SHARE * min(image_mm):
             crop_mm = [float(_multiple(2 * half, 8))] * n_axes
