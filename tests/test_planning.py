@@ -448,6 +448,10 @@ def test_planned_inference_preprocessing_matches_training_validation(tmp_path, g
     steps = after_reading(infer, "preprocessing")
     assert steps == after_reading(train, "validate#preprocessing")
     assert (steps[0][0] == "CropForegroundd") is (geometry != "stack")
+    if geometry != "stack":  # a command line's --crop_to_content false arrives as a string
+        for parser, key in ((train, "validate#preprocessing"), (infer, "preprocessing")):
+            parser.update({"crop_to_content": "false"})
+            assert "CropForegroundd" not in [name for name, _ in after_reading(parser, key)]
     assert type(infer.get_parsed_content("inferer")).__name__ == type(train.get_parsed_content("validate#inferer")).__name__
     assert infer.get_parsed_content("network_def").state_dict().keys() == train.get_parsed_content("network_def").state_dict().keys()
 
